@@ -1,0 +1,19 @@
+"""Energies read off a potential: the paper's Boltzmann potential Φ_B and compositions (METHOD.md §3, §5)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from vpfb.paths import flat_dot
+from vpfb.potentials.base import Potential
+
+
+def boltzmann(potential: Potential, x: Tensor, t: float = 1.0, f_inf: float = -1.0, g_inf: float = 1.0) -> Tensor:
+    """The paper's Φ_B(x) = (4Φ(x, t) + f_∞‖x‖²)/g_∞², log-density (up to a constant) of the stationary law of
+    dx = [2∇Φ + f_∞x]dt + g_∞dW. Defaults are the released code's (f_∞ = −1, g_∞ = 1, t = 1).
+
+    Caution: on the linear path with σ_min = 0 the exact optimum has Φ(x, 1) = ‖x‖²/2 + C for any data, so Φ_B of
+    a perfect model is ‖x‖² + C, which is not normalisable; log ρ̄ₜ (`log_density`) is the density to trust.
+    """
+    tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    return (4 * potential(x, tt) + f_inf * flat_dot(x, x)) / g_inf**2

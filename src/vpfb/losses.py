@@ -1,0 +1,132 @@
+"""Training objectives. Each is a callable ``loss(potential, x_bar) -> LossOutput``.
+
+``DeepRitzLoss`` is the paper's variational loss L = E_t w(t) J_t with
+J_t[Φ] = E[½‖∇Φ‖² − γ Φ] (the "covariance" estimator, score-free) or, after integrating by parts,
+J_t[Φ] = E[½‖∇Φ‖² − ∇Φ·u] (the "pathwise" estimator, same expectation, far lower variance in high D).
+``ReleasedVAPOLoss`` is the hybrid the authors' code optimises (METHOD.md §7), kept for reproduction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from vpfb.paths import GaussianPath, flat_dot
+from vpfb.potentials.base import Potential, potential_and_velocity
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor
+    parts: dict[str, Tensor] = field(default_factory=dict)  # detached scalars for logging (no device sync)
+
+
+class TimeSampler:
+    """t in [t_min, 1 − t_min]: "uniform", or "logit_normal" (sigmoid of N(loc, scale²))."""
+
+    def __init__(self, kind: str = "uniform", t_min: float = 1e-5, loc: float = 0.0, scale: float = 1.0):
+        if kind not in ("uniform", "logit_normal"):
+            raise ValueError(f"unknown time sampling {kind!r}; choose 'uniform' or 'logit_normal'")
+        if not 0.0 <= t_min < 0.5:
+            raise ValueError(f"t_min must lie in [0, 0.5), got {t_min}")
+        self.kind, self.t_min, self.loc, self.scale = kind, t_min, loc, scale
+
+    def __call__(self, n: int, device=None, dtype=None) -> Tensor:
+        if self.kind == "uniform":
+            t = torch.rand(n, device=device, dtype=dtype)
+        else:
+            t = torch.sigmoid(self.loc + self.scale * torch.randn(n, device=device, dtype=dtype))
+        return t.clamp(self.t_min, 1 - self.t_min)
+
+
+def time_weight(name: str, path: GaussianPath, t: Tensor) -> Tensor:
+    """w(t), shared by both terms of J_t. "uniform": 1 (flow matching); "sigma2": σ(t)² (tames γ's 1/σ near
+    t = 1); "dsm": μ²/(μ̇σ − σ̇μ)² ∝ σ²/g⁴, which makes the loss of an EnergyPotential exactly denoising score
+    matching E‖σ∇ψ + ε‖² on its log-density ψ (linear path: t²)."""
+    if name == "uniform":
+        return torch.ones_like(t)
+    if name == "sigma2":
+        return path.sigma(t) ** 2
+    if name == "dsm":
+        return (path.mu(t) / (path.d_mu(t) * path.sigma(t) - path.d_sigma(t) * path.mu(t))) ** 2
+    raise ValueError(f"unknown time weight {name!r}; choose 'uniform', 'sigma2' or 'dsm'")
+
+
+class DeepRitzLoss:
+    """L = E_{t, x̄, ε} w(t) [½‖∇Φ(x_t, t)‖² − linear term], linear term γΦ ("covariance") or ∇Φ·u ("pathwise").
+
+    Both estimate the same objective, whose minimiser over gradient fields is the marginal velocity E[u | x, t].
+    """
+
+    def __init__(self, path: GaussianPath, estimator: str = "pathwise", weight: str = "uniform",
+                 time_sampler: TimeSampler | None = None):
+        if estimator not in ("pathwise", "covariance"):
+            raise ValueError(f"unknown estimator {estimator!r}; choose 'pathwise' or 'covariance'")
+        time_weight(weight, path, torch.full((1,), 0.5))  # fail now on a bad name, not mid-training
+        self.path, self.estimator, self.weight = path, estimator, weight
+        self.time_sampler = time_sampler or TimeSampler()
+
+    def __call__(self, potential: Potential, x_bar: Tensor, t: Tensor | None = None,
+                 eps: Tensor | None = None) -> LossOutput:
+        if t is None:
+            t = self.time_sampler(x_bar.shape[0], x_bar.device, x_bar.dtype)
+        s = self.path.sample(x_bar, t, eps)
+        phi, v = potential_and_velocity(potential, s.x_t, t, create_graph=True)
+        dirichlet = 0.5 * flat_dot(v, v)
+        linear = s.gamma * phi if self.estimator == "covariance" else flat_dot(v, s.u)
+        w = time_weight(self.weight, self.path, t)
+        loss = (w * (dirichlet - linear)).mean()
+        with torch.no_grad():
+            # ½‖∇Φ − u‖², the flow-matching residual: comparable across estimators and zero only at u.
+            residual = 0.5 * flat_dot(v - s.u, v - s.u).mean()
+        return LossOutput(loss, {"loss": loss.detach(), "dirichlet": dirichlet.mean().detach(),
+                                 "linear": linear.mean().detach(), "residual": residual.detach()})
+
+
+def batch_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of two [N] tensors across the batch."""
+    a, b = a - a.mean(), b - b.mean()
+    return (a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12)
+
+
+class ReleasedVAPOLoss:
+    """The authors' released hybrid (METHOD.md §7), for reproduction and ablation only, on the linear path:
+
+    Corr(Φ, Γ) + 0.5 E‖∇Φ‖²/D + 0.1 E(∂ₜΦ)² − E[∇Φ·u / (D (‖∇Φ‖‖u‖)^t)], Γ = (1−t)(‖ε‖² − x̄·ε)/D, u = x̄ − ε.
+    Its optimum is not the homotopy velocity at late t.
+    """
+
+    def __init__(self, path: GaussianPath, time_sampler: TimeSampler | None = None,
+                 dirichlet_weight: float = 0.5, time_grad_weight: float = 0.1):
+        self.path = path
+        self.time_sampler = time_sampler or TimeSampler()
+        self.dirichlet_weight, self.time_grad_weight = dirichlet_weight, time_grad_weight
+
+    def __call__(self, potential: Potential, x_bar: Tensor, t: Tensor | None = None,
+                 eps: Tensor | None = None) -> LossOutput:
+        if t is None:
+            t = self.time_sampler(x_bar.shape[0], x_bar.device, x_bar.dtype)
+        s = self.path.sample(x_bar, t, eps)
+        dim = x_bar[0].numel()
+        t = t.detach().requires_grad_(True)
+        x = s.x_t.detach().requires_grad_(True)
+        phi = potential(x, t)
+        v, dphi_dt = torch.autograd.grad(phi.sum(), (x, t), create_graph=True)
+        big_gamma = (1 - t.detach()) * (flat_dot(s.eps, s.eps) - flat_dot(x_bar, s.eps)) / dim
+        corr = batch_correlation(phi, big_gamma)
+        dirichlet = flat_dot(v, v).mean() / dim
+        time_grad = (dphi_dt**2).mean()
+        norms = (v.flatten(1).norm(dim=1) * s.u.flatten(1).norm(dim=1)).clamp_min(1e-12)
+        align = -(flat_dot(v, s.u) / (dim * norms ** t.detach())).mean()
+        loss = corr + self.dirichlet_weight * dirichlet + self.time_grad_weight * time_grad + align
+        return LossOutput(loss, {"loss": loss.detach(), "corr": corr.detach(), "dirichlet": dirichlet.detach(),
+                                 "time_grad": time_grad.detach(), "align": align.detach()})
+
+
+def build_loss(name: str, path: GaussianPath, **kwargs):
+    """Build a loss by config name: "deep_ritz" (default) or "released"."""
+    losses = {"deep_ritz": DeepRitzLoss, "released": ReleasedVAPOLoss}
+    if name not in losses:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(losses)}")
+    return losses[name](path, **kwargs)

@@ -1,0 +1,115 @@
+"""Samplers that read only a potential (or any velocity field): the probability-flow ODE and Langevin dynamics."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torchdiffeq import odeint
+
+from vpfb.potentials.base import Potential, value_and_grad, velocity
+
+Field = Callable[[Tensor, Tensor], Tensor]  # (x [N, ...], t [N]) -> dx/dt
+FIXED_STEP = {"euler": "euler", "heun": "heun2", "rk4": "rk4"}
+ADAPTIVE = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
+
+
+@dataclass
+class ODESolution:
+    x: Tensor  # state at t1
+    nfe: int  # velocity evaluations
+    times: Tensor | None = None  # [T] when a trajectory was asked for
+    trajectory: Tensor | None = None  # [T, N, ...]
+
+
+def integrate(field: Field, x0: Tensor, t0: float = 0.0, t1: float = 1.0, solver: str = "dopri5",
+              steps: int = 100, rtol: float = 1e-3, atol: float = 1e-3, save: int | None = None) -> ODESolution:
+    """Solve dx/dt = field(x, t) from t0 to t1 with torchdiffeq.
+
+    Fixed-step solvers ("euler", "heun", "rk4") take `steps` equal steps; adaptive ones ("dopri5", ...)
+    use rtol/atol. `save` = k returns the states at k equally spaced times (k ≥ 2, endpoints included).
+    """
+    if solver not in FIXED_STEP and solver not in ADAPTIVE:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(FIXED_STEP) + list(ADAPTIVE)}")
+    if solver in FIXED_STEP and steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if save is not None and save < 2:
+        raise ValueError(f"save must be at least 2 (both endpoints), got {save}")
+    nfe = 0
+
+    def counted(t: Tensor, x: Tensor) -> Tensor:
+        nonlocal nfe
+        nfe += 1
+        return field(x, t.expand(x.shape[0])).detach()
+
+    times = torch.linspace(t0, t1, save or 2, dtype=x0.dtype, device=x0.device)
+    if solver in FIXED_STEP:
+        options = {"step_size": (t1 - t0) / steps}
+        path = odeint(counted, x0, times, method=FIXED_STEP[solver], options=options)
+    else:
+        path = odeint(counted, x0, times, method=solver, rtol=rtol, atol=atol)
+    if save is None:
+        return ODESolution(path[-1], nfe)
+    return ODESolution(path[-1], nfe, times, path)
+
+
+def sample_ode(potential: Potential, x0: Tensor, t0: float = 0.0, t1: float = 1.0, **kwargs) -> ODESolution:
+    """Carry prior samples x0 along dx/dt = ∇ₓΦ(x, t) (kwargs as in `integrate`)."""
+    return integrate(lambda x, t: velocity(potential, x, t), x0, t0, t1, **kwargs)
+
+
+@dataclass
+class LangevinResult:
+    x: Tensor
+    mean_grad_sq: Tensor  # [steps] E‖∇log p‖² along the chain (a long-run diagnostic)
+    mean_log_p: Tensor  # [steps] E log p along the chain
+    acceptance: float | None = None  # MALA only
+    trajectory: Tensor | None = None  # [steps // save_every + 1, N, ...]
+
+
+def sample_langevin(log_p: Callable[[Tensor], Tensor], x0: Tensor, steps: int = 500, step_size: float = 1e-2,
+                    temperature: float = 1.0, metropolis: bool = False, save_every: int | None = None,
+                    generator: torch.Generator | None = None) -> LangevinResult:
+    """Langevin dynamics x ← x + h ∇log p(x) + √(2hT) ξ, stationary law ∝ p^(1/T).
+
+    With metropolis=True each move is accepted or rejected (MALA), which removes the O(h) bias of the
+    unadjusted chain; log_p must then be an exact (unnormalised) log-density.
+    """
+    if steps < 1 or step_size <= 0 or temperature <= 0:
+        raise ValueError(f"need steps ≥ 1, step_size > 0 and temperature > 0; got {steps}, {step_size}, {temperature}")
+    x = x0.detach()
+    target = lambda y: log_p(y) / temperature  # noqa: E731  (p^(1/T))
+    value, grad = value_and_grad(target, x)
+    scale = (2 * step_size) ** 0.5
+    grads, values, accepted, saved = [], [], 0.0, [x]
+    for k in range(steps):
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        proposal = x + step_size * grad + scale * noise
+        new_value, new_grad = value_and_grad(target, proposal)
+        if metropolis:
+            forward = _log_q(proposal, x, grad, step_size)
+            backward = _log_q(x, proposal, new_grad, step_size)
+            log_ratio = new_value - value + backward - forward
+            u = torch.rand(log_ratio.shape, generator=generator, device=x.device, dtype=x.dtype)
+            accept = u.log() < log_ratio
+            accepted += accept.float().mean().item()
+            keep = accept.reshape(-1, *([1] * (x.dim() - 1)))
+            x = torch.where(keep, proposal, x)
+            value, grad = torch.where(accept, new_value, value), torch.where(keep, new_grad, grad)
+        else:
+            x, value, grad = proposal, new_value, new_grad
+        x, value, grad = x.detach(), value.detach(), grad.detach()
+        grads.append((grad.flatten(1) ** 2).sum(1).mean() * temperature**2)
+        values.append(value.mean() * temperature)
+        if save_every and (k + 1) % save_every == 0:
+            saved.append(x)
+    return LangevinResult(x, torch.stack(grads), torch.stack(values),
+                          accepted / steps if metropolis else None,
+                          torch.stack(saved) if save_every else None)
+
+
+def _log_q(to: Tensor, frm: Tensor, grad_frm: Tensor, h: float) -> Tensor:
+    """log density (up to a constant) of the Langevin proposal N(to; frm + h∇, 2h I)."""
+    diff = to - frm - h * grad_frm
+    return -(diff.flatten(1) ** 2).sum(1) / (4 * h)

@@ -1,0 +1,113 @@
+import math
+
+import pytest
+import torch
+
+from conftest import GaussianTruth
+from vpfb.likelihood import divergence, grid_log_normaliser, log_likelihood
+from vpfb.paths import LinearPath, LogHomotopyPath
+from vpfb.sampling import integrate, sample_langevin, sample_ode
+
+M, S = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 1.5])
+
+
+def exact_endpoint(x0):
+    """On the linear path the Gaussian flow map is affine: x_t = t m + √v(t) x0, so x_1 = m + s x0."""
+    return M + S * x0
+
+
+def observed_order(solve, exact, steps=(16, 32)):
+    errors = [(solve(n) - exact).abs().max().item() for n in steps]
+    return math.log2(errors[0] / errors[1])
+
+
+@pytest.mark.parametrize("solver,order", [("euler", 1), ("heun", 2), ("rk4", 4)])
+def test_fixed_step_solvers_converge_at_their_order(solver, order):
+    """dx/dt = cos(t) x has x(1) = x0 exp(sin 1)."""
+    x0 = torch.randn(64, 2, dtype=torch.float64)
+    solve = lambda n: integrate(lambda x, t: torch.cos(t)[:, None] * x, x0, solver=solver, steps=n).x  # noqa: E731
+    rate = observed_order(solve, x0 * math.exp(math.sin(1.0)), steps=(16, 32))
+    assert abs(rate - order) < 0.3, f"{solver}: observed order {rate:.2f}, expected {order}"
+
+
+@pytest.mark.parametrize("solver,order", [("euler", 1), ("heun", 2)])
+def test_potential_flow_converges_at_solver_order(solver, order):
+    truth = GaussianTruth(LinearPath(), M.double(), S.double())
+    x0 = torch.randn(256, 2, dtype=torch.float64)
+    solve = lambda n: sample_ode(truth.potential, x0, solver=solver, steps=n).x  # noqa: E731
+    rate = observed_order(solve, exact_endpoint(x0).double(), steps=(32, 64))
+    assert abs(rate - order) < 0.3, f"{solver}: observed order {rate:.2f}, expected {order}"
+
+
+def test_adaptive_solver_counts_evaluations_and_saves_trajectory():
+    truth = GaussianTruth(LinearPath(), M, S)
+    x0 = torch.randn(512, 2)
+    sol = sample_ode(truth.potential, x0, solver="dopri5", rtol=1e-5, atol=1e-5, save=11)
+    torch.testing.assert_close(sol.x, exact_endpoint(x0), rtol=1e-3, atol=1e-3)
+    assert sol.trajectory.shape == (11, 512, 2) and sol.times.shape == (11,)
+    torch.testing.assert_close(sol.trajectory[0], x0)
+    mid = 0.5 * M + (0.25 * S**2 + 0.25).sqrt() * x0
+    torch.testing.assert_close(sol.trajectory[5], mid, rtol=1e-3, atol=1e-3)
+    assert 6 <= sol.nfe < 200
+
+
+def test_euler_counts_one_evaluation_per_step():
+    sol = integrate(lambda x, t: -x, torch.ones(3, 2), solver="euler", steps=10)
+    assert sol.nfe == 10
+    torch.testing.assert_close(sol.x, torch.full((3, 2), 0.9**10))
+
+
+def test_unknown_solver_is_rejected():
+    with pytest.raises(ValueError, match="unknown solver"):
+        integrate(lambda x, t: x, torch.ones(1, 1), solver="leapfrog")
+
+
+@pytest.mark.parametrize("path", [LinearPath(), LinearPath(0.1), LogHomotopyPath(nu=0.2)], ids=str)
+@pytest.mark.parametrize("hutchinson", [False, True])
+def test_cnf_likelihood_of_analytic_potential_is_exact(path, hutchinson):
+    truth = GaussianTruth(path, M, S)
+    sigma0 = path.sigma(torch.zeros(1)).item()
+    t1 = 1.0
+    x1 = truth.sample_marginal(256, t1).double()
+    field = lambda x, t: truth.velocity(x, t)  # noqa: E731
+    truth.m, truth.s = M.double(), S.double()
+    exact = truth.log_density(x1, torch.full((256,), t1, dtype=torch.float64))
+    # The Gaussian velocity has a diagonal Jacobian, on which a Rademacher probe is exact.
+    estimate = log_likelihood(field, x1, prior_std=sigma0, hutchinson=hutchinson)
+    torch.testing.assert_close(estimate, exact, rtol=1e-4, atol=1e-4)
+
+
+def test_hutchinson_divergence_is_unbiased_and_random():
+    a = torch.tensor([[1.0, 2.0, 0.0], [-3.0, 0.5, 1.0], [0.0, 4.0, -2.0]], dtype=torch.float64)
+    x = torch.randn(20000, 3, dtype=torch.float64, requires_grad=True)
+    v = x @ a.T
+    torch.testing.assert_close(divergence(v, x), torch.full((20000,), -0.5, dtype=torch.float64))
+    probes = torch.randint(0, 2, x.shape).double() * 2 - 1
+    estimates = divergence(v, x, probes)
+    assert estimates.std() > 1.0
+    assert abs(estimates.mean().item() + 0.5) < 4 * estimates.std().item() / math.sqrt(20000)
+
+
+def test_grid_normaliser_of_gaussian():
+    logp = lambda x: -0.5 * ((x - M) ** 2 / S**2).sum(1)  # noqa: E731  unnormalised
+    log_z = grid_log_normaliser(logp, M - 8 * S, M + 8 * S, points=300)
+    assert abs(log_z.item() - math.log(2 * math.pi * S.prod().item())) < 1e-4
+
+
+@pytest.mark.parametrize("metropolis,step,tol", [(True, 0.5, 0.05), (False, 0.08, 0.05)])
+def test_langevin_reaches_gaussian_mean_and_variance(metropolis, step, tol):
+    log_p = lambda x: -0.5 * ((x - M) ** 2 / S**2).sum(1)  # noqa: E731
+    gen = torch.Generator().manual_seed(1)
+    res = sample_langevin(log_p, torch.zeros(4000, 2), steps=1000, step_size=step * S.min().item() ** 2,
+                          metropolis=metropolis, generator=gen)
+    torch.testing.assert_close(res.x.mean(0), M, atol=tol * 2, rtol=0)
+    torch.testing.assert_close(res.x.std(0), S, atol=0, rtol=tol)
+    assert res.mean_grad_sq.shape == (1000,)
+    if metropolis:
+        assert 0.3 < res.acceptance < 1.0
+
+
+def test_langevin_temperature_scales_variance():
+    log_p = lambda x: -0.5 * (x**2).sum(1)  # noqa: E731
+    res = sample_langevin(log_p, torch.zeros(4000, 1), steps=400, step_size=0.5, temperature=4.0, metropolis=True)
+    assert abs(res.x.std().item() - 2.0) < 0.1
