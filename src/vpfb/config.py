@@ -1,0 +1,144 @@
+"""Typed run configuration: dataclasses, YAML presets, dotted `key=value` overrides, validation with clear errors."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    name: str = "moons"  # a toy data set name or a .npy/.npz/.csv file of points [N, d]
+    n: int = 100_000  # training points drawn from a toy data set
+    seed: int = 0
+
+
+@dataclass
+class PathConfig:
+    name: str = "linear"  # "linear" or "log_homotopy"
+    sigma_min: float = 0.0  # linear path only
+    omega: float = 1.0  # log-homotopy only: prior scale ω
+    nu: float = 0.01  # log-homotopy only: likelihood scale ν
+
+    def kwargs(self) -> dict:
+        return {"sigma_min": self.sigma_min} if self.name == "linear" else {"omega": self.omega, "nu": self.nu}
+
+
+@dataclass
+class ModelConfig:
+    architecture: str = "mlp"
+    hidden: int = 256
+    depth: int = 3
+    time_varying: bool = True
+    parameterisation: str = "energy"  # "energy" (well-conditioned log-density) or "direct" (Φ = network)
+
+
+@dataclass
+class LossConfig:
+    name: str = "deep_ritz"  # "deep_ritz" or "released"
+    estimator: str = "pathwise"  # "pathwise" or "covariance"
+    weight: str = "uniform"  # "uniform", "sigma2" or "dsm"
+    time_sampling: str = "uniform"  # "uniform" or "logit_normal"
+    t_min: float = 1e-5
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 4000
+    batch_size: int = 256
+    lr: float = 2e-3
+    lr_final: float = 1e-4  # cosine decay from lr to lr_final
+    ema: float = 0.995
+    grad_clip: float = 1.0  # global norm; 0 disables
+    seed: int = 0
+    log_every: int = 100
+    time_budget: float = 0.0  # seconds; > 0 stops training when spent (the LR schedule then follows the clock)
+
+
+@dataclass
+class EvalConfig:
+    density_t: float = 1.0  # the time at which log_density is read as the model's energy
+    solver: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    path: PathConfig = field(default_factory=PathConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def from_dict(raw: dict, base: Config | None = None, where: str = "config") -> Config:
+    """Overlay a nested dict on `base` (default: all defaults), rejecting unknown sections and keys."""
+    cfg = base or Config()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
+    for section, values in raw.items():
+        target = getattr(cfg, section, None) if section in Config.__dataclass_fields__ else None
+        if target is None:
+            raise ConfigError(f"{where}: unknown section {section!r}{_hint(section, Config.__dataclass_fields__)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: section {section!r} must be a mapping, got {values!r}")
+        for key, value in values.items():
+            _set(target, section, key, value, where)
+    return cfg
+
+
+def _set(target: Any, section: str, key: str, value: Any, where: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    if key not in fields:
+        raise ConfigError(f"{where}: unknown key {section}.{key}{_hint(key, fields)}")
+    expected = type(getattr(target, key))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: {section}.{key} must be {expected.__name__}, got {value!r}")
+    setattr(target, key, value)
+
+
+def _hint(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(choices))})"
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(source: str | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then a preset name or YAML file, then `section.key=value` overrides (values parsed as YAML)."""
+    cfg = Config()
+    if source:
+        path = Path(source)
+        if path.suffix not in (".yaml", ".yml"):
+            if source not in presets():
+                raise ConfigError(f"unknown preset {source!r}; presets: {', '.join(presets())} (or a .yaml file)")
+            path = PRESET_DIR / f"{source}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        cfg = from_dict(yaml.safe_load(path.read_text()) or {}, cfg, where=str(path))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.steps=2000")
+        cfg = from_dict({section: {name: yaml.safe_load(value)}}, cfg, where="override")
+    return cfg

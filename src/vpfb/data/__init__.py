@@ -1,0 +1,22 @@
+"""Data: 2-D toy sets with their true densities, and user point files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor
+
+from vpfb.data.points import POINT_FILES, Standardizer, load_points
+from vpfb.data.toy2d import TOY_DATASETS, sample_toy, toy_log_density
+
+__all__ = ["POINT_FILES", "TOY_DATASETS", "Standardizer", "load_data", "load_points", "sample_toy",
+           "toy_log_density"]
+
+
+def load_data(spec: str, n: int = 100_000, seed: int = 0) -> tuple[Tensor, str]:
+    """Points [N, d] and a description: a toy set name (n points drawn with the seed) or a point file."""
+    if spec in TOY_DATASETS:
+        return sample_toy(spec, n, seed), f"toy set {spec}"
+    if Path(spec).suffix in POINT_FILES or Path(spec).exists():
+        return load_points(spec), f"file {spec}"
+    raise ValueError(f"unknown data {spec!r}: give a toy set ({', '.join(TOY_DATASETS)}) or a point file "
+                     f"({', '.join(POINT_FILES)})")

@@ -1,0 +1,58 @@
+"""Figures for 2-D models: ODE trajectories, an energy surface with Langevin samples, density against truth."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from vpfb.likelihood import grid_log_normaliser  # noqa: E402
+from vpfb.sampling import ODESolution  # noqa: E402
+
+
+def _grid(low: Tensor, high: Tensor, points: int) -> tuple[Tensor, Tensor, Tensor]:
+    xs, ys = (torch.linspace(float(low[i]), float(high[i]), points) for i in range(2))
+    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
+    return gx, gy, torch.stack([gx.flatten(), gy.flatten()], 1)
+
+
+def plot_density(ax, log_density: Callable[[Tensor], Tensor], low: Tensor, high: Tensor, points: int = 200,
+                 title: str = "") -> None:
+    """Normalised density exp(log p − log Z) on the box as an image."""
+    gx, gy, grid = _grid(low, high, points)
+    log_z = grid_log_normaliser(log_density, low, high, points)
+    dens = (log_density(grid).double() - log_z).exp().reshape(gx.shape)
+    ax.pcolormesh(gx, gy, dens.float(), shading="auto", cmap="viridis")
+    ax.set_title(title), ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])
+
+
+def plot_trajectories(ax, solution: ODESolution, max_paths: int = 400, title: str = "ODE trajectories") -> None:
+    """Paths of dx/dt = ∇Φ from prior (grey) to samples (colour)."""
+    traj = solution.trajectory[:, :max_paths]
+    ax.plot(traj[:, :, 0], traj[:, :, 1], color="0.6", lw=0.3, alpha=0.5)
+    ax.scatter(traj[0, :, 0], traj[0, :, 1], s=2, color="0.3", label="t = 0")
+    ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=2, color="C1", label="t = 1")
+    ax.legend(loc="upper right", fontsize=7, markerscale=3)
+    ax.set_title(title), ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])
+
+
+def plot_samples(ax, x: Tensor, low: Tensor, high: Tensor, title: str = "", color: str = "C3") -> None:
+    ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4, color=color)
+    ax.set_xlim(float(low[0]), float(high[0])), ax.set_ylim(float(low[1]), float(high[1]))
+    ax.set_title(title), ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])
+
+
+def save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def figure(columns: int, size: float = 3.2):
+    return plt.subplots(1, columns, figsize=(size * columns, size))

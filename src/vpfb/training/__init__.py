@@ -1,0 +1,3 @@
+from vpfb.training.trainer import TrainResult, train
+
+__all__ = ["TrainResult", "train"]

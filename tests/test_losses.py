@@ -1,0 +1,130 @@
+import math
+
+import pytest
+import torch
+
+from conftest import GaussianTruth
+from vpfb.losses import DeepRitzLoss, ReleasedVAPOLoss, TimeSampler, build_loss, time_weight
+from vpfb.parameterisation import DirectPotential, EnergyPotential, parameterise
+from vpfb.paths import LinearPath, LogHomotopyPath
+from vpfb.potentials import MLPPotential, potential_and_velocity
+
+
+def mixture(n, gen=None):
+    centres = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]])
+    return centres[torch.randint(0, 3, (n,), generator=gen)] + 0.3 * torch.randn(n, 2, generator=gen)
+
+
+@pytest.mark.parametrize("path,weight", [(LinearPath(), "sigma2"), (LinearPath(0.05), "sigma2"),
+                                         (LogHomotopyPath(nu=0.3), "uniform")], ids=str)
+@pytest.mark.parametrize("estimator", ["pathwise", "covariance"])
+def test_analytic_potential_is_the_loss_minimiser(path, weight, estimator):
+    """J(Φ* + θh) is quadratic in θ with zero slope at θ = 0, and a wrong potential has a clear slope."""
+    truth = GaussianTruth(path, [1.0, -0.5], [0.5, 2.0])
+    h = lambda x, t: torch.sin(x[:, 0]) * t + x[:, 0] + 0.5 * x[:, 0] * x[:, 1]  # noqa: E731
+    wrong = lambda x, t: truth.potential(x, t) + 0.2 * x[:, 0]  # noqa: E731  velocity off by a constant
+    loss = DeepRitzLoss(path, estimator, weight=weight, time_sampler=TimeSampler(t_min=1e-3))
+    gen = torch.Generator().manual_seed(3)
+    slopes = {"truth": [], "wrong": []}
+    for _ in range(20):
+        x_bar = truth.sample_data(20000, gen)
+        t, eps = torch.rand(20000, generator=gen) * 0.998 + 1e-3, torch.randn(20000, 2, generator=gen)
+        for name, phi in (("truth", truth.potential), ("wrong", wrong)):
+            theta = torch.zeros((), requires_grad=True)
+            out = loss(lambda x, tt: phi(x, tt) + theta * h(x, tt), x_bar, t, eps)
+            slopes[name].append(torch.autograd.grad(out.loss, theta)[0].item())
+    for name in slopes:
+        s = torch.tensor(slopes[name])
+        slopes[name] = (s.mean().item(), s.std().item() / math.sqrt(len(s)))
+    mean, se = slopes["truth"]
+    assert abs(mean) < 4 * se
+    assert abs(slopes["wrong"][0]) > 5 * se  # the estimator's noise would reveal a wrong velocity
+
+
+def test_estimators_agree_in_expectation_and_pathwise_has_lower_variance():
+    """Paired gradients of the two estimators, projected on random parameter directions, agree in mean."""
+    path = LinearPath()
+    potential = EnergyPotential(MLPPotential(2, hidden=32, depth=2), path)
+    params = list(potential.parameters())
+    gen = torch.Generator().manual_seed(0)
+    directions = [torch.randn(sum(p.numel() for p in params), generator=gen) for _ in range(3)]
+    grads = {"pathwise": [], "covariance": []}
+    losses = {e: DeepRitzLoss(path, e, weight="sigma2") for e in grads}
+    for _ in range(300):
+        x_bar = mixture(256, gen)
+        t, eps = torch.rand(256, generator=gen).clamp(1e-5, 1 - 1e-5), torch.randn(256, 2, generator=gen)
+        for e, loss in losses.items():
+            g = torch.autograd.grad(loss(potential, x_bar, t, eps).loss, params, allow_unused=True,
+                                    materialize_grads=True)
+            flat = torch.cat([gi.flatten() for gi in g])
+            grads[e].append(torch.stack([flat @ d for d in directions]))
+    gp, gc = torch.stack(grads["pathwise"]), torch.stack(grads["covariance"])
+    diff = gc - gp
+    se = diff.std(0) / math.sqrt(len(diff))
+    assert (diff.mean(0).abs() < 4 * se).all(), (diff.mean(0), se)
+    assert (gp.mean(0).abs() > 4 * gp.std(0) / math.sqrt(len(gp))).any()  # the test has power
+    assert (gc.var(0) > 2 * gp.var(0)).all()
+
+
+def test_pathwise_loss_equals_flow_matching_residual_up_to_a_constant():
+    path = LinearPath()
+    potential = EnergyPotential(MLPPotential(2, hidden=16, depth=1), path)
+    x_bar, t, eps = mixture(64), torch.rand(64), torch.randn(64, 2)
+    out = DeepRitzLoss(path, "pathwise")(potential, x_bar, t, eps)
+    u = path.sample(x_bar, t, eps).u
+    const = 0.5 * (u**2).sum(1).mean()
+    torch.testing.assert_close(out.loss + const, out.parts["residual"])
+
+
+@pytest.mark.parametrize("path", [LinearPath(), LinearPath(0.1), LogHomotopyPath(nu=0.1)], ids=str)
+def test_energy_potential_reads_its_log_density_exactly(path):
+    """Φ = ½f‖x‖² + ½g²ψ, so (2Φ − f‖x‖²)/g² returns ψ, and ψ(·, 0) is the prior's log-density."""
+    net = MLPPotential(2, hidden=16, depth=2)
+    energy, direct = EnergyPotential(net, path), DirectPotential(net, path)
+    x, t = torch.randn(32, 2, dtype=torch.float64), torch.rand(32, dtype=torch.float64) * 0.9 + 0.05
+    energy.double()
+    phi = energy(x, t)
+    torch.testing.assert_close((2 * phi - path.f(t) * (x**2).sum(1)) / path.g2(t), energy.log_density(x, t))
+    torch.testing.assert_close(direct.log_density(x, t), (2 * net(x, t) - path.f(t) * (x**2).sum(1)) / path.g2(t))
+    zero = torch.zeros(32, dtype=torch.float64)
+    sigma0 = path.sigma(zero)
+    torch.testing.assert_close(energy.log_density(x, zero), -(x**2).sum(1) / (2 * sigma0**2))
+
+
+def test_energy_potential_with_zero_network_is_the_standard_gaussian_optimum():
+    path = LinearPath(0.02)
+    net = MLPPotential(3, hidden=8, depth=1)
+    torch.nn.init.zeros_(net.net[-1].weight), torch.nn.init.zeros_(net.net[-1].bias)
+    truth = GaussianTruth(path, [0.0] * 3, [1.0] * 3)
+    x, t = torch.randn(16, 3), torch.rand(16)
+    _, v = potential_and_velocity(EnergyPotential(net, path), x, t)
+    torch.testing.assert_close(v, truth.velocity(x, t))
+
+
+def test_dsm_weight_is_t_squared_on_linear_path():
+    t = torch.rand(10)
+    torch.testing.assert_close(time_weight("dsm", LinearPath(), t), t**2)
+    torch.testing.assert_close(time_weight("sigma2", LinearPath(), t), (1 - t) ** 2)
+
+
+def test_released_loss_runs_and_reports_its_parts():
+    path = LinearPath()
+    potential = DirectPotential(MLPPotential(2, hidden=16, depth=2), path)
+    out = ReleasedVAPOLoss(path)(potential, mixture(128))
+    assert set(out.parts) == {"loss", "corr", "dirichlet", "time_grad", "align"}
+    assert -1 <= out.parts["corr"] <= 1
+    grads = torch.autograd.grad(out.loss, list(potential.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_bad_loss_options_are_rejected():
+    with pytest.raises(ValueError, match="estimator"):
+        DeepRitzLoss(LinearPath(), "score")
+    with pytest.raises(ValueError, match="time weight"):
+        DeepRitzLoss(LinearPath(), weight="edm")
+    with pytest.raises(ValueError, match="unknown loss"):
+        build_loss("dsm", LinearPath())
+    with pytest.raises(ValueError, match="parameterisation"):
+        parameterise("precond", MLPPotential(2), LinearPath())
+    with pytest.raises(ValueError, match="one scalar per sample"):
+        potential_and_velocity(lambda x, t: x, torch.randn(4, 2), torch.rand(4))
