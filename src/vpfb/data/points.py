@@ -50,6 +50,10 @@ def load_points(path: str | Path, key: str | None = None) -> Tensor:
         array = _read(path, key)
     except (OSError, EOFError) as err:
         raise ValueError(f"{path} is corrupt or not a {path.suffix} file: {err}") from err
+    except ValueError as err:
+        if "pickle" in str(err):  # numpy refuses object arrays, and takes unknown bytes for a pickle
+            raise ValueError(f"{path} is corrupt or holds Python objects, which vpfb never unpickles") from err
+        raise
     if not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{path} holds {array.dtype} values, not numbers")
     if array.ndim != 2:
