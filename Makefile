@@ -17,7 +17,7 @@ demo: $(BIN)/vpfb
 	$(BIN)/vpfb demo --out demo
 
 test: $(BIN)/vpfb
-	$(BIN)/python -m pytest -q -n 2
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench-toy2d: $(BIN)/vpfb
 	$(BIN)/pip install -q ".[bench]" --no-deps torchcfm

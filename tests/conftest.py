@@ -10,39 +10,50 @@ from vpfb.paths import GaussianPath
 
 
 class GaussianTruth:
-    """ρ̄ₜ = N(μm, diag v), v = μ²s² + σ²; ∇Φ* = μ̇m + (v̇/2v)(x − μm); Φ* = Σ μ̇mx + (v̇/4v)(x − μm)²."""
+    """x̄ ~ N(m, Σ) (Σ = diag s² or a full cov): ρ̄ₜ = N(μm, V), V = μ²Σ + σ²I, ∇Φ* = μ̇m + ½V̇V⁻¹(x − μm),
+    Φ* = μ̇m·x + ¼(x − μm)ᵀV̇V⁻¹(x − μm). Σ and I commute, so in Σ's eigenbasis everything is per-coordinate."""
 
-    def __init__(self, path: GaussianPath, m, s):
+    def __init__(self, path: GaussianPath, m, s=None, cov=None):
         self.path = path
         self.m = torch.as_tensor(m, dtype=torch.float32)
-        self.s = torch.as_tensor(s, dtype=torch.float32)
+        cov = torch.diag(torch.as_tensor(s, dtype=torch.float32) ** 2) if cov is None else torch.as_tensor(cov)
+        lam, self.q = torch.linalg.eigh(cov.double())
+        self.lam, self.q = lam.float(), self.q.float()
+
+    def double(self):
+        self.m, self.lam, self.q = self.m.double(), self.lam.double(), self.q.double()
+        return self
 
     def _coeffs(self, t):
         p = self.path
         mu, sig, dmu, dsig = (f(t).reshape(-1, 1) for f in (p.mu, p.sigma, p.d_mu, p.d_sigma))
-        v = mu**2 * self.s**2 + sig**2
-        dv = 2 * mu * dmu * self.s**2 + 2 * sig * dsig
+        v = mu**2 * self.lam + sig**2
+        dv = 2 * mu * dmu * self.lam + 2 * sig * dsig
         return mu, dmu, v, dv
+
+    def _rotated(self, x, mu):
+        return (x - mu * self.m) @ self.q  # coordinates of x − μm in Σ's eigenbasis
 
     def potential(self, x, t):
         mu, dmu, v, dv = self._coeffs(t)
-        return (dmu * self.m * x + dv / (4 * v) * (x - mu * self.m) ** 2).sum(1)
+        return (dmu * self.m * x).sum(1) + (dv / (4 * v) * self._rotated(x, mu) ** 2).sum(1)
 
     def velocity(self, x, t):
         mu, dmu, v, dv = self._coeffs(t)
-        return dmu * self.m + dv / (2 * v) * (x - mu * self.m)
+        return dmu * self.m + (dv / (2 * v) * self._rotated(x, mu)) @ self.q.T
 
     def log_density(self, x, t):
         mu, _, v, _ = self._coeffs(t)
-        return (-(x - mu * self.m) ** 2 / (2 * v) - 0.5 * torch.log(2 * math.pi * v)).sum(1)
+        return (-self._rotated(x, mu) ** 2 / (2 * v) - 0.5 * torch.log(2 * math.pi * v)).sum(1)
 
     def sample_data(self, n, generator=None):
-        return self.m + self.s * torch.randn(n, self.m.numel(), generator=generator)
+        eps = torch.randn(n, self.m.numel(), generator=generator, dtype=self.m.dtype)
+        return self.m + (self.lam.sqrt() * eps) @ self.q.T
 
     def sample_marginal(self, n, t: float, generator=None):
-        tt = torch.full((n,), t)
-        mu, _, v, _ = self._coeffs(tt)
-        return mu * self.m + v.sqrt() * torch.randn(n, self.m.numel(), generator=generator)
+        mu, _, v, _ = self._coeffs(torch.full((n,), t, dtype=self.m.dtype))
+        eps = torch.randn(n, self.m.numel(), generator=generator, dtype=self.m.dtype)
+        return mu * self.m + (v.sqrt() * eps) @ self.q.T
 
 
 @pytest.fixture(autouse=True)

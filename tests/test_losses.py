@@ -48,8 +48,10 @@ def test_estimators_agree_in_expectation_and_pathwise_has_lower_variance():
     params = list(potential.parameters())
     gen = torch.Generator().manual_seed(0)
     directions = [torch.randn(sum(p.numel() for p in params), generator=gen) for _ in range(3)]
-    grads = {"pathwise": [], "covariance": []}
-    losses = {e: DeepRitzLoss(path, e, weight="sigma2") for e in grads}
+    losses = {"pathwise": DeepRitzLoss(path, "pathwise", weight="sigma2"),
+              "covariance": DeepRitzLoss(path, "covariance", weight="sigma2"),
+              "control_variate": DeepRitzLoss(path, "covariance", weight="sigma2", control_variate=True)}
+    grads = {e: [] for e in losses}
     for _ in range(300):
         x_bar = mixture(256, gen)
         t, eps = torch.rand(256, generator=gen).clamp(1e-5, 1 - 1e-5), torch.randn(256, 2, generator=gen)
@@ -58,12 +60,14 @@ def test_estimators_agree_in_expectation_and_pathwise_has_lower_variance():
                                     materialize_grads=True)
             flat = torch.cat([gi.flatten() for gi in g])
             grads[e].append(torch.stack([flat @ d for d in directions]))
-    gp, gc = torch.stack(grads["pathwise"]), torch.stack(grads["covariance"])
-    diff = gc - gp
-    se = diff.std(0) / math.sqrt(len(diff))
-    assert (diff.mean(0).abs() < 4 * se).all(), (diff.mean(0), se)
+    gp, gc, gcv = (torch.stack(grads[e]) for e in losses)
+    for other in (gc, gcv):
+        diff = other - gp
+        se = diff.std(0) / math.sqrt(len(diff))
+        assert (diff.mean(0).abs() < 4 * se).all(), (diff.mean(0), se)
     assert (gp.mean(0).abs() > 4 * gp.std(0) / math.sqrt(len(gp))).any()  # the test has power
     assert (gc.var(0) > 2 * gp.var(0)).all()
+    assert gcv.var(0).sum() < 0.8 * gc.var(0).sum()  # the control variate removes part of the variance
 
 
 def test_pathwise_loss_equals_flow_matching_residual_up_to_a_constant():
@@ -94,7 +98,7 @@ def test_energy_potential_reads_its_log_density_exactly(path):
 def test_energy_potential_with_zero_network_is_the_standard_gaussian_optimum():
     path = LinearPath(0.02)
     net = MLPPotential(3, hidden=8, depth=1)
-    torch.nn.init.zeros_(net.net[-1].weight), torch.nn.init.zeros_(net.net[-1].bias)
+    torch.nn.init.zeros_(net.head.weight), torch.nn.init.zeros_(net.head.bias)
     truth = GaussianTruth(path, [0.0] * 3, [1.0] * 3)
     x, t = torch.randn(16, 3), torch.rand(16)
     _, v = potential_and_velocity(EnergyPotential(net, path), x, t)

@@ -16,7 +16,7 @@ def conditional_log_density(path, x, x_bar, t):
             - 0.5 * d * math.log(2 * math.pi))
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: str(p.config()))
+@pytest.mark.parametrize("path", PATHS, ids=repr)
 def test_gamma_is_time_derivative_of_conditional_log_density(path):
     x_bar = torch.randn(64, 3, dtype=torch.float64)
     t = torch.rand(64, dtype=torch.float64) * 0.98 + 0.01
@@ -27,7 +27,7 @@ def test_gamma_is_time_derivative_of_conditional_log_density(path):
     torch.testing.assert_close(s.gamma, dlogp_dt)
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: str(p.config()))
+@pytest.mark.parametrize("path", PATHS, ids=repr)
 def test_u_is_time_derivative_of_x_t(path):
     x_bar, eps = torch.randn(16, 2, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
     t = torch.rand(16, dtype=torch.float64) * 0.98 + 0.01
@@ -60,7 +60,7 @@ def test_log_homotopy_endpoints():
     torch.testing.assert_close(path.sigma(t), torch.tensor([2.0, (1 / 4 + 100) ** -0.5], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("path", PATHS, ids=lambda p: str(p.config()))
+@pytest.mark.parametrize("path", PATHS, ids=repr)
 def test_velocity_is_drift_plus_half_g2_score(path):
     """v* = f x + ½ g² ∇log ρ̄ₜ for Gaussian data, the identity behind every log-density read-out."""
     truth = GaussianTruth(path, [1.0, -0.5], [0.5, 2.0])

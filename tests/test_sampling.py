@@ -32,7 +32,7 @@ def test_fixed_step_solvers_converge_at_their_order(solver, order):
 
 @pytest.mark.parametrize("solver,order", [("euler", 1), ("heun", 2)])
 def test_potential_flow_converges_at_solver_order(solver, order):
-    truth = GaussianTruth(LinearPath(), M.double(), S.double())
+    truth = GaussianTruth(LinearPath(), M, S).double()
     x0 = torch.randn(256, 2, dtype=torch.float64)
     solve = lambda n: sample_ode(truth.potential, x0, solver=solver, steps=n).x  # noqa: E731
     rate = observed_order(solve, exact_endpoint(x0).double(), steps=(32, 64))
@@ -69,8 +69,8 @@ def test_cnf_likelihood_of_analytic_potential_is_exact(path, hutchinson):
     sigma0 = path.sigma(torch.zeros(1)).item()
     t1 = 1.0
     x1 = truth.sample_marginal(256, t1).double()
+    truth.double()
     field = lambda x, t: truth.velocity(x, t)  # noqa: E731
-    truth.m, truth.s = M.double(), S.double()
     exact = truth.log_density(x1, torch.full((256,), t1, dtype=torch.float64))
     # The Gaussian velocity has a diagonal Jacobian, on which a Rademacher probe is exact.
     estimate = log_likelihood(field, x1, prior_std=sigma0, hutchinson=hutchinson)

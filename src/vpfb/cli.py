@@ -48,6 +48,8 @@ def train_and_report(cfg: Config, out: Path, progress_bar: bool = True) -> dict[
 
 
 def cmd_train(args) -> None:
+    if args.config and "=" in args.config:  # no preset given: the first override landed in its place
+        args.config, args.overrides = None, [args.config, *args.overrides]
     cfg = load_config(args.config, args.overrides)
     if args.data:
         cfg.data.name = args.data

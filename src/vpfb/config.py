@@ -43,6 +43,7 @@ class ModelConfig:
 class LossConfig:
     name: str = "deep_ritz"  # "deep_ritz" or "released"
     estimator: str = "pathwise"  # "pathwise" or "covariance"
+    control_variate: bool = False  # covariance only: subtract γΦ(μx̄, t), a zero-mean control variate
     weight: str = "uniform"  # "uniform", "sigma2" or "dsm"
     time_sampling: str = "uniform"  # "uniform" or "logit_normal"
     t_min: float = 1e-5
@@ -63,7 +64,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    density_t: float = 1.0  # the time at which log_density is read as the model's energy
+    density_t: float = 0.9  # log_density reads ψ here (data smoothed by σ/μ = 0.11 std units); see README
     solver: str = "dopri5"
     rtol: float = 1e-3
     atol: float = 1e-3

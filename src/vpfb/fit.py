@@ -19,7 +19,7 @@ def build_loss_from_config(cfg: Config, path: GaussianPath):
     sampler = TimeSampler(cfg.loss.time_sampling, cfg.loss.t_min)
     if cfg.loss.name == "deep_ritz":
         return build_loss("deep_ritz", path, estimator=cfg.loss.estimator, weight=cfg.loss.weight,
-                          time_sampler=sampler)
+                          time_sampler=sampler, control_variate=cfg.loss.control_variate)
     return build_loss(cfg.loss.name, path, time_sampler=sampler)
 
 

@@ -67,11 +67,20 @@ class EnergyModel:
         return velocity(self.potential, z, self._t(t, len(z))) * self.standardizer.std
 
     def log_density(self, x: Tensor, t: float | None = None) -> Tensor:
-        """log ρ̄ₜ(x) in user units, up to a constant in t (default t: config.eval.density_t)."""
+        """The energy's log-density in user units, up to a constant: the data smoothed by N(0, (σ/μ)²) at time t,
+        log ρ̄ₜ(μ(t) z) + D log μ(t) (default t: config.eval.density_t). At t = 1 on the σ_min = 0 linear path
+        this is the data density itself; a t a little below 1 reads ψ where training pins it down best."""
         t = self.config.eval.density_t if t is None else t
         z = self._z(x)
+        if t <= 0:
+            raise ValueError(f"the data density is read at t > 0, got {t}")
         with torch.no_grad():
-            return self.potential.log_density(z, self._t(t, len(z))) - self.standardizer.log_abs_det()
+            return self._log_density_z(z, t) - self.standardizer.log_abs_det()
+
+    def _log_density_z(self, z: Tensor, t: float) -> Tensor:
+        tt = self._t(t, len(z))
+        mu = self.path.mu(tt)
+        return self.potential.log_density(mu[:, None] * z, tt) + self.dim * mu.log()
 
     def boltzmann(self, x: Tensor, t: float = 1.0, f_inf: float = -1.0, g_inf: float = 1.0) -> Tensor:
         """The paper's Φ_B = (4Φ(z, t) + f_∞‖z‖²)/g_∞² (see vpfb.energy.boltzmann for when to trust it)."""
@@ -108,7 +117,7 @@ class EnergyModel:
                         generator: torch.Generator | None = None) -> Tensor:
         """Langevin (or MALA) samples of exp(log ρ̄ₜ) (target="density") or exp(Φ_B) (target="boltzmann").
         The step size is in standardised units; chains start at x0 or at flow samples."""
-        targets = {"density": lambda z: self.potential.log_density(z, self._t(self.config.eval.density_t, len(z))),
+        targets = {"density": lambda z: self._log_density_z(z, self.config.eval.density_t),
                    "boltzmann": lambda z: boltzmann(self.potential, z)}
         if target not in targets:
             raise ValueError(f"unknown Langevin target {target!r}; choose 'density' or 'boltzmann'")

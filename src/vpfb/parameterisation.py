@@ -11,9 +11,11 @@ For any Gaussian path the optimal potential satisfies ∇Φ* = f x + ½ g² ∇l
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from vpfb.paths import GaussianPath, flat_dot
+from vpfb.paths import GaussianPath, expand_like, flat_dot
+from vpfb.potentials.base import potential_and_velocity
 
 
 class DirectPotential(nn.Module):
@@ -25,6 +27,9 @@ class DirectPotential(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.net(x, t)
+
+    def value_and_velocity(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return potential_and_velocity(self.net, x, t, create_graph=torch.is_grad_enabled())
 
     def log_density(self, x: Tensor, t: Tensor) -> Tensor:
         return (2 * self(x, t) - self.path.f(t) * flat_dot(x, x)) / self.path.g2(t)
@@ -40,6 +45,13 @@ class EnergyPotential(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         v, dv = self.path.reference_variance(t)
         return dv / (4 * v) * flat_dot(x, x) + self.path.half_g2_mu(t) * self.net(x, t)
+
+    def value_and_velocity(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        v, dv = self.path.reference_variance(t)
+        c = self.path.half_g2_mu(t)
+        n, grad_n = potential_and_velocity(self.net, x, t, create_graph=torch.is_grad_enabled())
+        e = lambda s: expand_like(s, x)  # noqa: E731
+        return dv / (4 * v) * flat_dot(x, x) + c * n, e(dv / (2 * v)) * x + e(c) * grad_n
 
     def log_density(self, x: Tensor, t: Tensor) -> Tensor:
         v, _ = self.path.reference_variance(t)

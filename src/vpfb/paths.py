@@ -87,6 +87,10 @@ class GaussianPath:
     def config(self) -> dict:
         raise NotImplementedError
 
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in vars(self).items() if isinstance(v, (int, float)))
+        return f"{type(self).__name__}({args})"
+
 
 class LinearPath(GaussianPath):
     """μ = t, σ = 1 − (1 − σ_min) t: the flow-matching path (the authors' released code uses σ_min = 0)."""

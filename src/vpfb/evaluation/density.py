@@ -12,12 +12,14 @@ from vpfb.model import EnergyModel
 
 def density_metrics(model: EnergyModel, x_test: Tensor, true_log_density: Callable[[Tensor], Tensor] | None = None,
                     box: tuple[Tensor, Tensor] | None = None, grid_points: int = 400) -> dict[str, float]:
-    """CNF test NLL, the true density's NLL (when known) and, in 2-D, the grid-normalised NLL of log_density."""
+    """CNF test NLL, the true density's NLL (when known) and, in 2-D, the grid-normalised NLLs of log_density and
+    of the paper's Boltzmann density exp(Φ_B) (which need not be normalisable: its NLL then depends on the box)."""
     metrics = {"cnf_nll": -model.log_likelihood(x_test).mean().item()}
     if true_log_density is not None:
         metrics["true_nll"] = -true_log_density(x_test).mean().item()
     if model.dim == 2:
         low, high = box if box is not None else grid_box(x_test)
-        log_z = grid_log_normaliser(model.log_density, low, high, grid_points)
-        metrics["energy_nll"] = -(model.log_density(x_test).double() - log_z).mean().item()
+        for key, log_p in (("energy_nll", model.log_density), ("boltzmann_nll", model.boltzmann)):
+            log_z = grid_log_normaliser(log_p, low, high, grid_points)
+            metrics[key] = -(log_p(x_test).double() - log_z).mean().item()
     return metrics

@@ -32,7 +32,7 @@ def report_2d(model: EnergyModel, x_test: Tensor, out: str | Path,
 
     fig, axes = plots.figure(2)
     t = model.config.eval.density_t
-    plots.plot_density(axes[0], model.log_density, low, high, title=f"energy density ∝ exp log ρ̄(x, t={t:g})")
+    plots.plot_density(axes[0], model.log_density, low, high, title=f"energy density (ψ read at t={t:g})")
     prior = model.standardizer.inverse(torch.randn(2000, 2, generator=gen))  # chains start from the prior
     chains = model.sample_langevin(2000, steps=langevin_steps, step_size=langevin_step_size, x0=prior, generator=gen)
     plots.plot_samples(axes[1], chains, low, high, f"SGLD from the prior ({langevin_steps} steps)")
@@ -44,7 +44,7 @@ def report_2d(model: EnergyModel, x_test: Tensor, out: str | Path,
     else:
         plots.plot_samples(axes[0], x_test, low, high, "data", color="C0")
     plots.plot_density(axes[1], model.log_density, low, high,
-                       title=f"model log ρ̄ₜ (NLL {metrics['energy_nll']:.3f})")
+                       title=f"model energy density (NLL {metrics['energy_nll']:.3f})")
     plots.plot_samples(axes[2], solution.x, low, high, f"ODE samples (CNF NLL {metrics['cnf_nll']:.3f})")
     plots.save(fig, out / "density.png")
     return metrics

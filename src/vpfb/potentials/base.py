@@ -24,8 +24,16 @@ def value_and_grad(fn: Callable[[Tensor], Tensor], x: Tensor, create_graph: bool
 def potential_and_velocity(
     potential: Potential, x: Tensor, t: Tensor, create_graph: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """Return Φ(x, t) [N] and v = ∇ₓΦ(x, t); create_graph=True only when v itself will be differentiated."""
-    return value_and_grad(lambda y: potential(y, t), x, create_graph)
+    """Return Φ(x, t) [N] and v = ∇ₓΦ(x, t); create_graph=True only when Φ or v will be differentiated.
+
+    A potential may compute both itself (`value_and_velocity(x, t)`, checked against autograd in the tests);
+    otherwise autograd differentiates Φ.
+    """
+    own = getattr(potential, "value_and_velocity", None)
+    if own is None:
+        return value_and_grad(lambda y: potential(y, t), x, create_graph)
+    with torch.set_grad_enabled(create_graph):
+        return own(x, t)
 
 
 def velocity(potential: Potential, x: Tensor, t: Tensor, create_graph: bool = False) -> Tensor:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -14,18 +15,21 @@ class MLP(nn.Module):
             raise ValueError(f"dim, hidden and depth must be positive, got {dim}, {hidden}, {depth}")
         self.dim, self.time_varying = dim, time_varying
         widths = [dim + int(time_varying)] + [hidden] * depth
-        layers: list[nn.Module] = []
-        for w_in, w_out in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(w_in, w_out), nn.SiLU()]
-        layers.append(nn.Linear(hidden, out_dim))
-        self.net = nn.Sequential(*layers)
+        self.layers = nn.ModuleList(nn.Linear(w_in, w_out) for w_in, w_out in zip(widths[:-1], widths[1:]))
+        self.head = nn.Linear(hidden, out_dim)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def inputs(self, x: Tensor, t: Tensor) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected points of shape [N, {self.dim}], got {tuple(x.shape)}")
-        if self.time_varying:
-            x = torch.cat([x, t.to(x.dtype).reshape(-1, 1).expand(x.shape[0], 1)], dim=1)
-        return self.net(x)
+        if not self.time_varying:
+            return x
+        return torch.cat([x, t.to(x.dtype).reshape(-1, 1).expand(x.shape[0], 1)], dim=1)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        h = self.inputs(x, t)
+        for layer in self.layers:
+            h = F.silu(layer(h))
+        return self.head(h)
 
 
 class MLPPotential(MLP):
@@ -36,3 +40,18 @@ class MLPPotential(MLP):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return super().forward(x, t).squeeze(-1)
+
+    def value_and_velocity(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Φ and ∇ₓΦ in one pass, the backward sweep written out (∇ = W₁ᵀ diag(silu'(z₁)) ⋯ wₒᵤₜ), so that a
+        loss on ∇Φ is differentiated through a first-order graph instead of autograd's double backward."""
+        h = self.inputs(x, t)
+        slopes = []
+        for layer in self.layers:
+            z = layer(h)
+            s = torch.sigmoid(z)
+            h = z * s
+            slopes.append(s + h * (1 - s))  # silu'(z) = σ(z)(1 + z(1 − σ(z)))
+        grad = self.head.weight.expand(h.shape[0], -1)
+        for layer, slope in zip(reversed(self.layers), reversed(slopes)):
+            grad = (grad * slope) @ layer.weight
+        return self.head(h).squeeze(-1), grad[:, : self.dim]

@@ -1,0 +1,37 @@
+import json
+
+import numpy as np
+import pytest
+
+from vpfb.cli import main
+from vpfb.data import sample_toy
+
+
+@pytest.mark.slow
+def test_train_on_a_point_file_then_sample(tmp_path, capsys):
+    np.save(tmp_path / "pts.npy", sample_toy("eightgaussians", 600, seed=0).numpy() * 3 + 7)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "pts.npy"), "--out", str(run), "--steps", "60",
+                 "model.hidden=32"]) == 0
+    for name in ("model.safetensors", "model.json", "config.yaml", "metrics.csv", "metrics.json",
+                 "trajectories.png", "boltzmann.png", "density.png"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert np.isfinite(metrics["cnf_nll"]) and np.isfinite(metrics["energy_nll"])
+    assert main(["sample", str(run), "-n", "50", "--out", str(tmp_path / "s.npy"), "--solver", "euler"]) == 0
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (50, 2) and abs(samples.mean() - 7) < 3  # back in the user's units
+    assert main(["sample", str(run), "-n", "50", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", "cifar"], "unknown preset"),
+    (["train", "--data", "nowhere.npy"], "does not exist"),
+    (["train", "train.stesp=3"], "did you mean 'steps'"),
+    (["sample", "no_run", "--out", "x.npy"], "does not exist"),
+])
+def test_bad_input_exits_with_a_clear_message(argv, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert match in capsys.readouterr().err

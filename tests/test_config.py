@@ -1,0 +1,35 @@
+import pytest
+
+from vpfb.config import Config, ConfigError, from_dict, load_config, presets
+
+
+def test_defaults_presets_and_overrides(tmp_path):
+    assert "toy2d" in presets()
+    cfg = load_config("toy2d", ["train.steps=12", "loss.estimator=covariance", "path.sigma_min=0.01"])
+    assert (cfg.train.steps, cfg.loss.estimator, cfg.path.sigma_min) == (12, "covariance", 0.01)
+    f = tmp_path / "mine.yaml"
+    f.write_text("model: {hidden: 32}\ntrain: {lr: 1}\n")
+    cfg = load_config(str(f))
+    assert cfg.model.hidden == 32 and cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert from_dict(Config().to_dict()).to_dict() == Config().to_dict()
+
+
+@pytest.mark.parametrize("raw,match", [
+    ({"trian": {"steps": 1}}, "unknown section 'trian' \\(did you mean 'train'\\?\\)"),
+    ({"train": {"step": 1}}, "unknown key train.step \\(did you mean 'steps'\\?\\)"),
+    ({"train": {"steps": "many"}}, "train.steps must be int"),
+    ({"train": {"steps": True}}, "train.steps must be int"),
+    ({"train": 3}, "must be a mapping"),
+])
+def test_bad_config_is_rejected_with_a_hint(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(raw)
+
+
+def test_bad_sources():
+    with pytest.raises(ConfigError, match="unknown preset 'cifar'"):
+        load_config("cifar")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("nowhere.yaml")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["steps=3"])

@@ -1,0 +1,90 @@
+import json
+import math
+
+import pytest
+import torch
+
+from vpfb import load
+from vpfb.config import Config
+from vpfb.data import Standardizer
+from vpfb.model import EnergyModel, build_potential
+
+
+def small_model(scale=1.0, shift=0.0):
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.model.hidden, cfg.model.depth = 16, 2
+    st = Standardizer(torch.tensor([0.5, -1.0]) * scale + shift, torch.tensor([2.0, 0.5]) * scale)
+    return EnergyModel(build_potential(cfg, 2), cfg, st)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = small_model()
+    model.save(tmp_path / "run")
+    again = load(tmp_path / "run")
+    x = torch.randn(8, 2)
+    torch.testing.assert_close(again.log_density(x), model.log_density(x))
+    torch.testing.assert_close(again.velocity(x, 0.3), model.velocity(x, 0.3))
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    torch.testing.assert_close(again.sample(5, solver="euler", steps=4, generator=g()),
+                               model.sample(5, solver="euler", steps=4, generator=g()))
+
+
+def test_user_units_are_consistent():
+    """Scaling the data by c scales samples by c and shifts log-likelihoods by −D log c."""
+    a, b = small_model(), small_model(scale=10.0)
+    x = torch.randn(16, 2)
+    torch.testing.assert_close(b.log_likelihood(10 * x), a.log_likelihood(x) - 2 * math.log(10), rtol=1e-4,
+                               atol=1e-4)
+    torch.testing.assert_close(b.log_density(10 * x), a.log_density(x) - 2 * math.log(10))
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    torch.testing.assert_close(b.sample(32, generator=g()), 10 * a.sample(32, generator=g()), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(b.velocity(10 * x, 0.5), 10 * a.velocity(x, 0.5))
+
+
+def test_model_methods_shapes():
+    model = small_model()
+    x = torch.randn(7, 2)
+    for out in (model.potential_value(x), model.log_density(x, 0.5), model.boltzmann(x), model.log_likelihood(x)):
+        assert out.shape == (7,) and torch.isfinite(out).all()
+    assert model.sample_langevin(5, steps=3, metropolis=True).shape == (5, 2)
+    assert model.sample_langevin(5, steps=3, target="boltzmann").shape == (5, 2)
+    sol = model.flow(6, solver="heun", steps=5, save=6)
+    assert sol.trajectory.shape == (6, 6, 2) and sol.nfe == 10
+
+
+def test_bad_inputs_get_clear_errors():
+    model = small_model()
+    with pytest.raises(ValueError, match="dimension 2"):
+        model.log_density(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="dimension 2"):
+        model.velocity(torch.randn(4), 0.5)
+    with pytest.raises(ValueError, match="NaN or inf in 1 rows"):
+        model.log_likelihood(torch.tensor([[0.0, float("nan")], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="t must lie"):
+        model.log_density(torch.randn(4, 2), t=1.5)
+    with pytest.raises(ValueError, match="Langevin target"):
+        model.sample_langevin(4, target="score")
+
+
+def test_missing_or_corrupt_runs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="model.json is missing"):
+        load(tmp_path / "empty")
+    run = tmp_path / "run"
+    small_model().save(run)
+    weights = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(ValueError, match="corrupt"):
+        load(run)
+    (run / "model.safetensors").write_bytes(weights)
+    meta = json.loads((run / "model.json").read_text())
+    meta["config"]["model"]["hidden"] = 32
+    (run / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not match the architecture"):
+        load(run)
+    (run / "model.json").write_text("{ not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        load(run)
