@@ -8,12 +8,18 @@ Columns: CNF test NLL (exact Laplacian, dopri5 rtol=atol=1e-5), grid-normalised 
 default eval.density_t) and of the paper's Boltzmann exp(Φ_B) on the same box, the true
 density's NLL, W2 (POT, exact EMD) between 5,000 samples and 5,000 fresh data points, NFE of dopri5 at
 rtol=atol=1e-3, steps trained and the step time as a ratio to flow matching. Runs on one thread.
+
+Equal wall clock is enforced through steps: step times are measured first (interleaved, median of 5 rounds), the
+budget is converted to flow-matching steps, and every method gets the steps that fit in the same time. The
+numbers then do not depend on what else the machine was doing while a method trained.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import platform
+import statistics
 
 import ot
 import torch
@@ -57,39 +63,66 @@ def w2(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.sqrt(ot.emd2([], [], cost, numItermax=10_000_000))
 
 
-def run_fm(cfg: Config, train_x, test_x, fresh_x):
+def build(method: str, cfg: Config, train_x: torch.Tensor):
+    """(network or potential, loss, standardiser) for one method."""
     standardizer = Standardizer.fit(train_x)
-    net = MLP(2, cfg.model.hidden, cfg.model.depth, out_dim=2)
-    result = train(net, FlowMatchingLoss(), standardizer.transform(train_x), cfg.train, progress_bar=False)
-    field = lambda x, t: result.ema(x, t)  # noqa: E731
-    z_test = standardizer.transform(test_x)
-    nll = -(log_likelihood(field, z_test) - standardizer.log_abs_det()).mean().item()
-    sol = integrate(field, torch.randn(len(fresh_x), 2), rtol=1e-3, atol=1e-3)
-    return result, {"cnf_nll": nll, "w2": w2(standardizer.inverse(sol.x), fresh_x), "nfe": sol.nfe}
-
-
-def run_vpfb(cfg: Config, train_x, test_x, fresh_x, truth):
-    standardizer = Standardizer.fit(train_x)
+    if method == "fm":
+        return MLP(2, cfg.model.hidden, cfg.model.depth, out_dim=2), FlowMatchingLoss(), standardizer
     potential = build_potential(cfg, 2)
-    loss = build_loss_from_config(cfg, potential.path)
-    result = train(potential, loss, standardizer.transform(train_x), cfg.train, progress_bar=False)
-    model = EnergyModel(result.ema, cfg, standardizer)
+    return potential, build_loss_from_config(cfg, potential.path), standardizer
+
+
+def step_times(configs: dict[str, Config], train_x: torch.Tensor, rounds: int = 5, steps: int = 40) -> dict:
+    """Seconds per training step of each method, timed in interleaved short runs (median of rounds), so that
+    any slowdown of the machine hits every method alike."""
+    times = {m: [] for m in configs}
+    for _ in range(rounds):
+        for method, cfg in configs.items():
+            net, loss, st = build(method, cfg, train_x)
+            short = dataclasses.replace(cfg.train, steps=steps, time_budget=0.0)
+            result = train(net, loss, st.transform(train_x), short, progress_bar=False)
+            times[method].append(result.seconds / result.steps)
+    return {m: statistics.median(t) for m, t in times.items()}
+
+
+def evaluate_fm(net, st, test_x, fresh_x):
+    field = lambda x, t: net(x, t)  # noqa: E731
+    nll = -(log_likelihood(field, st.transform(test_x)) - st.log_abs_det()).mean().item()
+    sol = integrate(field, torch.randn(len(fresh_x), 2, generator=torch.Generator().manual_seed(0)),
+                    rtol=1e-3, atol=1e-3)
+    return {"cnf_nll": nll, "w2": w2(st.inverse(sol.x), fresh_x), "nfe": sol.nfe}
+
+
+def evaluate_vpfb(model, test_x, fresh_x, truth):
     metrics = density_metrics(model, test_x, truth)
     sol = model.flow(len(fresh_x), generator=torch.Generator().manual_seed(0))
     metrics.update(w2=w2(sol.x, fresh_x), nfe=sol.nfe)
-    return result, metrics
+    return metrics
+
+
+def method_config(method: str) -> Config:
+    cfg = Config()
+    for section, values in (METHODS[method] or {}).items():
+        for key, value in values.items():
+            setattr(getattr(cfg, section), key, value)
+    return cfg
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--datasets", nargs="*", default=list(TOY_DATASETS))
     p.add_argument("--methods", nargs="*", default=list(METHODS))
-    p.add_argument("--budget", type=float, default=60.0, help="training seconds per method")
+    p.add_argument("--budget", type=float, default=60.0, help="training seconds per method, in flow-matching steps")
     p.add_argument("--n-test", type=int, default=2000)
     args = p.parse_args()
     torch.set_num_threads(1)
-    print(f"# toy2d: budget {args.budget:g} s per method, 1 thread, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}")
+    methods = ["fm"] + [m for m in args.methods if m != "fm"]  # fm first: the reference
+    configs = {m: method_config(m) for m in methods}
+    times = step_times(configs, sample_toy("moons", 10_000, seed=0))
+    fm_steps = int(args.budget / times["fm"])
+    print(f"# toy2d: budget {args.budget:g} s of flow-matching training = {fm_steps} FM steps; every method gets "
+          f"the steps that fit in the same time at its measured step time. 1 thread, torch {torch.__version__}, "
+          f"{platform.machine()}")
     header = "| data | method | steps | step time ×FM | CNF NLL | energy NLL | Φ_B NLL | true NLL | W2 | NFE |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -97,24 +130,18 @@ def main() -> None:
         train_x = sample_toy(name, 100_000, seed=0)
         test_x, fresh_x = sample_toy(name, args.n_test, seed=1), sample_toy(name, 5000, seed=2)
         truth = (lambda x, n=name: toy_log_density(n, x)) if toy_log_density(name, test_x[:1]) is not None else None
-        rows, fm_step = [], None
-        for method in ["fm"] + [m for m in args.methods if m != "fm"]:  # fm first: the reference step time
-            cfg = Config()
-            cfg.train.steps, cfg.train.time_budget = 10**7, args.budget
-            for section, values in (METHODS[method] or {}).items():
-                for key, value in values.items():
-                    setattr(getattr(cfg, section), key, value)
+        for method, cfg in configs.items():
+            ratio = times[method] / times["fm"]
+            cfg.train.steps = max(1, round(fm_steps / ratio))
+            net, loss, st = build(method, cfg, train_x)
+            result = train(net, loss, st.transform(train_x), cfg.train, progress_bar=False)
             if method == "fm":
-                result, metrics = run_fm(cfg, train_x, test_x, fresh_x)
+                m = evaluate_fm(result.ema, st, test_x, fresh_x)
             else:
-                result, metrics = run_vpfb(cfg, train_x, test_x, fresh_x, truth)
-            step_time = result.seconds / max(result.steps, 1)
-            fm_step = fm_step or step_time
-            rows.append((method, result.steps, step_time / fm_step, metrics))
-        for method, steps, ratio, m in rows:
+                m = evaluate_vpfb(EnergyModel(result.ema, cfg, st), test_x, fresh_x, truth)
             fmt = lambda k: f"{m[k]:.3f}" if k in m else "–"  # noqa: E731
-            print(f"| {name} | {method} | {steps} | {ratio:.2f} | {fmt('cnf_nll')} | {fmt('energy_nll')} | {fmt('boltzmann_nll')} | "
-                  f"{fmt('true_nll')} | {fmt('w2')} | {m.get('nfe', '–')} |", flush=True)
+            print(f"| {name} | {method} | {cfg.train.steps} | {ratio:.2f} | {fmt('cnf_nll')} | {fmt('energy_nll')} | "
+                  f"{fmt('boltzmann_nll')} | {fmt('true_nll')} | {fmt('w2')} | {m.get('nfe', '–')} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ __all__ = ["POINT_FILES", "TOY_DATASETS", "Standardizer", "load_data", "load_poi
            "toy_log_density"]
 
 
-def load_data(spec: str, n: int = 100_000, seed: int = 0) -> tuple[Tensor, str]:
-    """Points [N, d] and a description: a toy set name (n points drawn with the seed) or a point file."""
+def load_data(spec: str, n: int = 20000, seed: int = 0) -> tuple[Tensor, str]:
+    """Points [N, d] and a description: n points of the toy set `spec` drawn with `seed`, or the points of a file."""
     if spec in TOY_DATASETS:
-        return sample_toy(spec, n, seed), f"toy set {spec}"
-    if Path(spec).suffix in POINT_FILES or Path(spec).exists():
-        return load_points(spec), f"file {spec}"
+        return sample_toy(spec, n, seed), f"{n} points of the toy set {spec!r} (seed {seed})"
+    path = Path(spec)
+    if path.suffix or path.exists():
+        points = load_points(path)
+        return points, f"{len(points)} points of dimension {points.shape[1]} from {path}"
     raise ValueError(f"unknown data {spec!r}: give a toy set ({', '.join(TOY_DATASETS)}) or a point file "
                      f"({', '.join(POINT_FILES)})")

@@ -1,30 +1,55 @@
-"""2-D toy data sets and, where it can be computed, their exact density (natural log, the data's own units).
+"""2-D toy data sets (FFJORD's scales) and the exact log-density of each, natural log in the data's own units.
 
-Sets drawn as "a curve plus isotropic Gaussian noise" have p(x) = E_θ N(x; c(θ), s²I), computed by midpoint
-quadrature over the curve parameter θ (error far below 1e-3 nats at the resolutions used).
+Sets drawn as a curve c(θ) plus isotropic Gaussian noise of std s have p(x) = E_θ N(x; c(θ), s²I). For full circles
+(circles, rings) this is the closed form (2πs²)⁻¹ exp(−(|x|² + r²)/2s²) I₀(r|x|/s²); for the other curves it is a
+composite Gauss–Legendre rule over θ with QUADRATURE points per curve, on panels far shorter than s along the curve,
+so the quadrature error is below 1e-6 nats.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-TOY_DATASETS = ("moons", "eightgaussians", "checkerboard", "circles", "rings", "spirals", "swissroll", "pinwheel")
-MOONS_NOISE, CIRCLES_NOISE, CIRCLES_FACTOR = 0.1, 0.08, 0.5
-RINGS_RADII, RINGS_NOISE = (1.0, 2.0, 3.0, 4.0), 0.1
-EIGHT_RADIUS, EIGHT_STD = 4 / math.sqrt(2), 0.5 / math.sqrt(2)
-SPIRAL_TURN, SPIRAL_SCALE, SPIRAL_NOISE = 3 * math.pi, 1 / 3, 0.1
-SWISS_SCALE, SWISS_NOISE = 1 / 7.5, 0.5
-QUADRATURE = 1000  # spacing ≤ noise/10 on every curve: the midpoint error is then negligible
+TOY_DATASETS = ("moons", "eightgaussians", "checkerboard", "circles", "rings", "pinwheel", "spirals", "swissroll")
+
+MOONS_NOISE = 0.1
+CIRCLES_FACTOR, CIRCLES_NOISE = 0.5, 0.08
+RINGS_RADII, RINGS_NOISE = (0.75, 1.5, 2.25, 3.0), 0.08
+EIGHT_RADIUS, EIGHT_STD = 2 * math.sqrt(2), 0.5 / math.sqrt(2)
+CHECKER_LOW, CHECKER_CELL = -4.0, 2.0  # a 4 × 4 board on [-4, 4]²; black squares have an even column + row
+SPIRAL_END, SPIRAL_SCALE, SPIRAL_NOISE = 3 * math.pi, 1 / 3, 0.1
+SWISS_NOISE, SWISS_SCALE = 1.0, 0.2  # scikit-learn's roll with its noise, then shrunk: noise 0.2 in our units
+PINWHEEL_ARMS, PINWHEEL_RADIAL, PINWHEEL_TANGENTIAL, PINWHEEL_RATE, PINWHEEL_SCALE = 5, 0.3, 0.1, 0.25, 2.0
+QUADRATURE = 2000
+PINWHEEL_GRID = 256
+_CHUNK = 2**22  # entries of the largest [points, centres or angles] matrix held at once
 
 
-def _check(name: str, n: int) -> None:
+def _check_name(name: str) -> None:
     if name not in TOY_DATASETS:
         raise ValueError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_DATASETS)}")
-    if n < 1:
-        raise ValueError(f"number of points must be positive, got {n}")
+
+
+# --- curves shared by the samplers and the densities -------------------------------------------------------------
+
+def _moon_arcs(theta: np.ndarray) -> np.ndarray:
+    """scikit-learn's two moons without noise: (cos θ, sin θ) and (1 − cos θ, 1/2 − sin θ), θ ∈ [0, π]."""
+    outer = np.stack([np.cos(theta), np.sin(theta)], 1)
+    return np.concatenate([outer, np.array([1.0, 0.5]) - outer])
+
+
+def _spiral(theta: np.ndarray) -> np.ndarray:
+    """FFJORD's first spiral arm SPIRAL_SCALE·θ(−cos θ, sin θ); the second arm is its negation."""
+    return SPIRAL_SCALE * theta[:, None] * np.stack([-np.cos(theta), np.sin(theta)], 1)
+
+
+def _swiss(t: np.ndarray) -> np.ndarray:
+    """The (x, z) plane of scikit-learn's swiss roll, SWISS_SCALE·t(cos t, sin t), t ∈ [1.5π, 4.5π]."""
+    return SWISS_SCALE * t[:, None] * np.stack([np.cos(t), np.sin(t)], 1)
 
 
 def _eight_centres() -> np.ndarray:
@@ -32,99 +57,200 @@ def _eight_centres() -> np.ndarray:
     return EIGHT_RADIUS * np.stack([np.cos(angles), np.sin(angles)], 1)
 
 
-def _spiral(theta: np.ndarray, arm: np.ndarray) -> np.ndarray:
-    """Two arms r = θ, the second rotated by π, scaled by SPIRAL_SCALE."""
-    sign = np.where(arm == 0, 1.0, -1.0)[:, None]
-    return sign * SPIRAL_SCALE * np.stack([theta * np.cos(theta), theta * np.sin(theta)], 1)
+def _gauss_legendre(low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """QUADRATURE nodes and weights (summing to high − low): Gauss–Legendre of order 8 on equal panels."""
+    nodes, weights = np.polynomial.legendre.leggauss(8)
+    edges = np.linspace(low, high, QUADRATURE // 8 + 1)
+    half = np.diff(edges)[:, None] / 2
+    return (edges[:-1, None] + half * (nodes + 1)).ravel(), (half * weights).ravel()
 
 
-def _swiss(t: np.ndarray) -> np.ndarray:
-    return SWISS_SCALE * np.stack([t * np.cos(t), t * np.sin(t)], 1)
+# --- samplers ----------------------------------------------------------------------------------------------------
+
+def _sample_moons(n: int, seed: int | None) -> np.ndarray:
+    from sklearn.datasets import make_moons  # scikit-learn takes about a second to import: only when used
+
+    return make_moons(n, noise=MOONS_NOISE, random_state=seed)[0]
+
+
+def _sample_circles(n: int, seed: int | None) -> np.ndarray:
+    from sklearn.datasets import make_circles
+
+    return make_circles(n, factor=CIRCLES_FACTOR, noise=CIRCLES_NOISE, random_state=seed)[0]
+
+
+def _sample_swissroll(n: int, seed: int | None) -> np.ndarray:
+    from sklearn.datasets import make_swiss_roll
+
+    return SWISS_SCALE * make_swiss_roll(n, noise=SWISS_NOISE, random_state=seed)[0][:, [0, 2]]
+
+
+def _sample_eightgaussians(n: int, seed: int | None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return _eight_centres()[rng.integers(0, 8, n)] + EIGHT_STD * rng.standard_normal((n, 2))
+
+
+def _sample_checkerboard(n: int, seed: int | None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    black = np.array([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0])
+    return CHECKER_LOW + CHECKER_CELL * (black[rng.integers(0, len(black), n)] + rng.random((n, 2)))
+
+
+def _sample_rings(n: int, seed: int | None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    radius = np.array(RINGS_RADII)[rng.integers(0, len(RINGS_RADII), n)]
+    angle = rng.uniform(0, 2 * np.pi, n)
+    return radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1) + RINGS_NOISE * rng.standard_normal((n, 2))
+
+
+def _sample_pinwheel(n: int, seed: int | None) -> np.ndarray:
+    """FFJORD's pinwheel: features f ~ N((1, 0), diag(RADIAL², TANGENTIAL²)) turned clockwise by a_k + RATE·e^{f₀}."""
+    rng = np.random.default_rng(seed)
+    arm = rng.integers(0, PINWHEEL_ARMS, n)
+    f = rng.standard_normal((n, 2)) * np.array([PINWHEEL_RADIAL, PINWHEEL_TANGENTIAL]) + np.array([1.0, 0.0])
+    a = 2 * np.pi * arm / PINWHEEL_ARMS + PINWHEEL_RATE * np.exp(f[:, 0])
+    cos, sin = np.cos(a), np.sin(a)
+    return PINWHEEL_SCALE * np.stack([f[:, 0] * cos + f[:, 1] * sin, -f[:, 0] * sin + f[:, 1] * cos], 1)
+
+
+def _sample_spirals(n: int, seed: int | None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    theta = SPIRAL_END * np.sqrt(rng.random(n))  # θ has density 2θ/T²: even coverage along the arms
+    sign = np.where(rng.integers(0, 2, n) == 0, 1.0, -1.0)[:, None]
+    return sign * _spiral(theta) + SPIRAL_NOISE * rng.standard_normal((n, 2))
+
+
+_SAMPLERS: dict[str, Callable[[int, int | None], np.ndarray]] = {
+    "moons": _sample_moons, "eightgaussians": _sample_eightgaussians, "checkerboard": _sample_checkerboard,
+    "circles": _sample_circles, "rings": _sample_rings, "pinwheel": _sample_pinwheel, "spirals": _sample_spirals,
+    "swissroll": _sample_swissroll,
+}
 
 
 def sample_toy(name: str, n: int, seed: int | None = None) -> Tensor:
-    """n points [n, 2] (float32) of a toy set, deterministic given the seed."""
-    _check(name, n)
-    from sklearn import datasets  # scikit-learn only when toy data is asked for
-
-    rng = np.random.default_rng(seed)
-    state = None if seed is None else int(seed)
-    if name == "moons":
-        x = datasets.make_moons(n, noise=MOONS_NOISE, random_state=state)[0]
-    elif name == "circles":
-        x = datasets.make_circles(n, factor=CIRCLES_FACTOR, noise=CIRCLES_NOISE, random_state=state)[0]
-    elif name == "swissroll":
-        x3 = datasets.make_swiss_roll(n, noise=SWISS_NOISE, random_state=state)[0]
-        x = SWISS_SCALE * x3[:, [0, 2]]
-    elif name == "eightgaussians":
-        x = _eight_centres()[rng.integers(0, 8, n)] + EIGHT_STD * rng.standard_normal((n, 2))
-    elif name == "checkerboard":
-        square = np.array([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0])[rng.integers(0, 8, n)]
-        x = -4 + 2 * (square + rng.random((n, 2)))
-    elif name == "rings":
-        radius = np.array(RINGS_RADII)[rng.integers(0, len(RINGS_RADII), n)]
-        angle = rng.uniform(0, 2 * np.pi, n)
-        x = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1) + RINGS_NOISE * rng.standard_normal((n, 2))
-    elif name == "spirals":
-        theta = SPIRAL_TURN * np.sqrt(rng.random(n))  # uniform density over the area the arms sweep
-        x = _spiral(theta, rng.integers(0, 2, n)) + SPIRAL_NOISE * rng.standard_normal((n, 2))
-    else:  # pinwheel: five radial arms bent by an angle growing with the radius
-        arm = rng.integers(0, 5, n)
-        feats = rng.standard_normal((n, 2)) * np.array([0.3, 0.05]) + np.array([1.0, 0.0])
-        angle = arm * 2 * np.pi / 5 + 0.25 * np.exp(feats[:, 0])
-        rot = np.stack([np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)], 1).reshape(-1, 2, 2)
-        x = 2 * np.einsum("ni,nji->nj", feats, rot)
-    return torch.as_tensor(x, dtype=torch.float32)
+    """n points [n, 2] (float32) of the toy set `name`, the same for the same seed (None: fresh randomness)."""
+    _check_name(name)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"the number of points must be a positive integer, got {n!r}")
+    return torch.as_tensor(_SAMPLERS[name](int(n), seed), dtype=torch.float32)
 
 
-def _curve_mixture(x: Tensor, points: np.ndarray, log_weights: np.ndarray, noise: float) -> Tensor:
-    """log Σ_k w_k N(x; c_k, noise² I) for curve points c_k [K, 2] with log-weights summing to 0, in chunks."""
-    c = torch.as_tensor(points, dtype=torch.float64)
-    lw = torch.as_tensor(log_weights, dtype=torch.float64)
+# --- densities ---------------------------------------------------------------------------------------------------
+
+def _mixture_log_density(x: Tensor, centres: np.ndarray, std: float, weights: np.ndarray | None = None) -> Tensor:
+    """log Σ_k w_k N(x; c_k, std² I) for centres c_k [K, 2] and weights summing to 1 (default 1/K), in row blocks."""
+    c = torch.as_tensor(centres, dtype=torch.float64, device=x.device)
+    log_w = torch.full((len(c),), -math.log(len(c)), dtype=torch.float64, device=x.device) if weights is None \
+        else torch.as_tensor(np.log(weights), dtype=torch.float64, device=x.device)
+    bias = log_w - (c**2).sum(1) / (2 * std**2)
     out = []
-    for chunk in x.double().split(2048):
-        sq = torch.cdist(chunk, c) ** 2
-        out.append(torch.logsumexp(lw - sq / (2 * noise**2), 1) - math.log(2 * math.pi * noise**2))
-    return torch.cat(out).to(x.dtype)
+    for block in x.split(max(1, _CHUNK // len(c))):
+        # −|x − c|²/2s² + log w, expanded so that the [rows, K] work is one matrix product
+        logits = (block @ c.T) / std**2 + bias - (block**2).sum(1, keepdim=True) / (2 * std**2)
+        out.append(torch.logsumexp(logits, 1))
+    return torch.cat(out) - math.log(2 * math.pi * std**2)
 
 
-def _uniform_grid(low: float, high: float, k: int = QUADRATURE) -> np.ndarray:
-    return low + (high - low) * (np.arange(k) + 0.5) / k
+def _rings_log_density(x: Tensor, radii: tuple[float, ...], std: float) -> Tensor:
+    """log (1/R) Σ_r (2πs²)⁻¹ exp(−(ρ − r)²/2s²) I₀e(rρ/s²), ρ = |x|: each circle with a uniform angle, exactly."""
+    rho = x.norm(dim=1, keepdim=True)
+    r = torch.tensor(radii, dtype=torch.float64, device=x.device)
+    per_ring = -(rho - r) ** 2 / (2 * std**2) + torch.special.i0e(r * rho / std**2).log()
+    return torch.logsumexp(per_ring, 1) - math.log(len(radii)) - math.log(2 * math.pi * std**2)
+
+
+def _checkerboard_log_density(x: Tensor) -> Tensor:
+    """−log 32 (uniform on 8 black squares of area 4) inside a black square, −inf elsewhere."""
+    cell = torch.floor((x - CHECKER_LOW) / CHECKER_CELL)
+    inside = ((cell >= 0) & (cell < 4)).all(1) & (cell.sum(1) % 2 == 0)
+    return torch.where(inside, -math.log(8 * CHECKER_CELL**2), -math.inf)
+
+
+def _pinwheel_log_density(x: Tensor) -> Tensor:
+    return torch.cat([_pinwheel_block(b) for b in x.split(max(1, _CHUNK // PINWHEEL_GRID))])
+
+
+def _pinwheel_turn(beta: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
+    """E(β) = β − RATE e^{ρ cos β}, the angle the sampler gives the features ρ(cos β, sin β) before the arm's turn,
+    and E'(β) = 1 + RATE ρ sin β e^{ρ cos β}."""
+    bend = PINWHEEL_RATE * torch.exp(rho * torch.cos(beta))
+    return beta - bend, 1 + bend * rho * torch.sin(beta)
+
+
+def _pinwheel_block(x: Tensor) -> Tensor:
+    """Change of variables from the features f = ρ(cos β, sin β) ~ N((1, 0), diag(RADIAL², TANGENTIAL²)), which the
+    sampler keeps at length ρ and turns to the angle E(β) − a_k: p(x) = Σ_β N(f) / (ARMS · |E'(β)| · SCALE²) over
+    every β ∈ [0, 2π) with E(β) = angle(x) + 2πc/ARMS for an integer c (the arm is c mod ARMS). Roots are bracketed
+    on PINWHEEL_GRID angles and polished by Newton steps; two roots in one step, or E moving more than 2π/ARMS in one
+    step, need |RATE f₁e^{f₀}| ≳ 1, where N(f) is below about 3e-8 of its peak: roots can be missed only where p(x)
+    is below about 1e-6 (the density peaks near 0.27).
+    """
+    z = x / PINWHEEL_SCALE
+    rho, angle = z.norm(dim=1), torch.atan2(z[:, 1], z[:, 0])
+    grid = 2 * math.pi * torch.arange(PINWHEEL_GRID + 1, dtype=torch.float64, device=x.device) / PINWHEEL_GRID
+    turn = _pinwheel_turn(grid, rho[:, None])[0]
+    level = torch.floor(PINWHEEL_ARMS * (turn - angle[:, None]) / (2 * math.pi))  # changes by one at every root
+    point, step = torch.nonzero(level[:, 1:] != level[:, :-1], as_tuple=True)
+    target = angle[point] + 2 * math.pi * torch.maximum(level[point, step], level[point, step + 1]) / PINWHEEL_ARMS
+    rho, lo, hi = rho[point], grid[step], grid[step + 1]
+    lo_below = turn[point, step] < target
+    beta = (lo + hi) / 2
+    for _ in range(12):  # Newton steps, kept inside the shrinking bracket (else bisection): 3-5 reach rounding
+        e, slope = _pinwheel_turn(beta, rho)
+        moves_lo = (e < target) == lo_below
+        lo, hi = torch.where(moves_lo, beta, lo), torch.where(moves_lo, hi, beta)
+        newton = beta - (e - target) / slope
+        beta, previous = torch.where((newton >= lo) & (newton <= hi), newton, (lo + hi) / 2), beta
+        if bool(((beta - previous).abs() < 1e-12).all()):
+            break
+    f0, f1 = rho * torch.cos(beta), rho * torch.sin(beta)
+    log_f = (-((f0 - 1) / PINWHEEL_RADIAL) ** 2 / 2 - (f1 / PINWHEEL_TANGENTIAL) ** 2 / 2
+             - math.log(2 * math.pi * PINWHEEL_RADIAL * PINWHEEL_TANGENTIAL))
+    terms = (log_f - _pinwheel_turn(beta, rho)[1].abs().log()).exp()
+    total = torch.zeros(len(x), dtype=torch.float64, device=x.device).index_add_(0, point, terms)
+    return total.log() - math.log(PINWHEEL_ARMS * PINWHEEL_SCALE**2)
+
+
+def _moons_log_density(x: Tensor) -> Tensor:
+    theta, w = _gauss_legendre(0, np.pi)
+    return _mixture_log_density(x, _moon_arcs(theta), MOONS_NOISE, np.concatenate([w, w]) / (2 * np.pi))
+
+
+def _spirals_log_density(x: Tensor) -> Tensor:
+    theta, w = _gauss_legendre(0, SPIRAL_END)
+    w = w * theta / SPIRAL_END**2  # θ's density 2θ/T², halved for each of the two arms
+    arm = _spiral(theta)
+    return _mixture_log_density(x, np.concatenate([arm, -arm]), SPIRAL_NOISE, np.concatenate([w, w]))
+
+
+def _swissroll_log_density(x: Tensor) -> Tensor:
+    t, w = _gauss_legendre(1.5 * np.pi, 4.5 * np.pi)
+    return _mixture_log_density(x, _swiss(t), SWISS_SCALE * SWISS_NOISE, w / (3 * np.pi))
+
+
+_LOG_DENSITIES: dict[str, Callable[[Tensor], Tensor]] = {
+    "moons": _moons_log_density,
+    "eightgaussians": lambda x: _mixture_log_density(x, _eight_centres(), EIGHT_STD),
+    "checkerboard": _checkerboard_log_density,
+    "circles": lambda x: _rings_log_density(x, (1.0, CIRCLES_FACTOR), CIRCLES_NOISE),
+    "rings": lambda x: _rings_log_density(x, RINGS_RADII, RINGS_NOISE),
+    "pinwheel": _pinwheel_log_density,
+    "spirals": _spirals_log_density,
+    "swissroll": _swissroll_log_density,
+}
 
 
 def toy_log_density(name: str, x: Tensor) -> Tensor | None:
-    """Exact log-density [N] of the distribution `sample_toy(name, ·)` draws from, or None where unknown
-    (pinwheel). For moons and circles scikit-learn spaces θ evenly; the density is that of θ uniform."""
-    _check(name, 1)
+    """True log-density log p(x) [N] of the distribution `sample_toy(name, ·)` draws from, at points x [N, 2].
+
+    Every set has one today, so None (no known density) never comes back; callers should still allow for it. moons
+    and circles come from scikit-learn, which puts the angles on an even grid before adding noise and shuffling: the
+    density is that of a uniform angle on the same interval, with the two curves weighted 1/2 each (the limit of
+    many points). Computed in float64 and returned in x's floating dtype (float32 for other inputs).
+    """
+    _check_name(name)
     x = torch.as_tensor(x)
-    if name == "eightgaussians":
-        return _curve_mixture(x, _eight_centres(), np.full(8, -math.log(8)), EIGHT_STD)
-    if name == "checkerboard":
-        cell = torch.floor((x + 4) / 2)
-        inside = ((x > -4) & (x < 4)).all(1) & ((cell.sum(1) % 2) == 0)
-        return torch.where(inside, torch.full_like(x[:, 0], -math.log(32.0)), torch.full_like(x[:, 0], -math.inf))
-    if name == "moons":
-        th = _uniform_grid(0, np.pi)
-        outer = np.stack([np.cos(th), np.sin(th)], 1)
-        inner = np.stack([1 - np.cos(th), 1 - np.sin(th) - 0.5], 1)
-        return _curve_mixture(x, np.concatenate([outer, inner]), np.full(2 * len(th), -math.log(2 * len(th))),
-                              MOONS_NOISE)
-    if name == "circles":
-        th = _uniform_grid(0, 2 * np.pi)
-        ring = np.stack([np.cos(th), np.sin(th)], 1)
-        return _curve_mixture(x, np.concatenate([ring, CIRCLES_FACTOR * ring]),
-                              np.full(2 * len(th), -math.log(2 * len(th))), CIRCLES_NOISE)
-    if name == "rings":
-        th = _uniform_grid(0, 2 * np.pi)
-        ring = np.stack([np.cos(th), np.sin(th)], 1)
-        pts = np.concatenate([r * ring for r in RINGS_RADII])
-        return _curve_mixture(x, pts, np.full(len(pts), -math.log(len(pts))), RINGS_NOISE)
-    if name == "spirals":
-        th = _uniform_grid(0, SPIRAL_TURN, 2 * QUADRATURE)
-        w = np.log(2 * th / SPIRAL_TURN**2 * (SPIRAL_TURN / len(th)) / 2)  # p(θ) dθ, halved per arm
-        pts = np.concatenate([_spiral(th, np.zeros(len(th))), _spiral(th, np.ones(len(th)))])
-        return _curve_mixture(x, pts, np.concatenate([w, w]), SPIRAL_NOISE)
-    if name == "swissroll":
-        t = _uniform_grid(1.5 * np.pi, 4.5 * np.pi, 2 * QUADRATURE)
-        return _curve_mixture(x, _swiss(t), np.full(len(t), -math.log(len(t))), SWISS_SCALE * SWISS_NOISE)
-    return None
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"toy densities take points of shape [N, 2], got {tuple(x.shape)}")
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    return _LOG_DENSITIES[name](x.to(torch.float64)).to(dtype)
