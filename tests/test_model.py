@@ -45,7 +45,7 @@ def test_user_units_are_consistent():
 def test_model_methods_shapes():
     model = small_model()
     x = torch.randn(7, 2)
-    for out in (model.potential_value(x), model.log_density(x, 0.5), model.boltzmann(x), model.log_likelihood(x)):
+    for out in (model.potential(x), model.log_density(x, 0.5), model.boltzmann(x), model.log_likelihood(x)):
         assert out.shape == (7,) and torch.isfinite(out).all()
     assert model.sample_langevin(5, steps=3, metropolis=True).shape == (5, 2)
     assert model.sample_langevin(5, steps=3, target="boltzmann").shape == (5, 2)

@@ -47,7 +47,7 @@ def test_log_density_matches_analytic_up_to_a_constant(trained, t):
     z = truth.sample_marginal(4000, t)
     tt = torch.full((4000,), t)
     with torch.no_grad():
-        gap = model.potential.log_density(z, tt) - truth.log_density(z, tt)
+        gap = model.phi.log_density(z, tt) - truth.log_density(z, tt)
     assert gap.std() < 0.05, f"log-density error spread {gap.std():.3f} nats at t={t}"
     assert truth.log_density(z, tt).std() > 0.5  # the comparison is not trivial
 

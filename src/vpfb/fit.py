@@ -9,6 +9,7 @@ from torch import Tensor
 
 from vpfb.config import Config
 from vpfb.data import Standardizer, load_data
+from vpfb.evaluation.density import calibrate_density_t
 from vpfb.losses import TimeSampler, build_loss
 from vpfb.model import EnergyModel, build_potential
 from vpfb.paths import GaussianPath
@@ -37,10 +38,19 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
     run = Path(out) if out is not None else None
     if run is not None:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_config(cfg, run)
     result = train(potential, loss, standardizer.transform(points), cfg.train,
                    metrics_csv=run / "metrics.csv" if run else None, progress_bar=progress_bar)
     model = EnergyModel(result.ema, cfg, standardizer)
+    if cfg.eval.calibrate:
+        pick = torch.randperm(len(points), generator=torch.Generator().manual_seed(cfg.train.seed))
+        cfg.eval.density_t, _ = calibrate_density_t(model, points[pick[: cfg.eval.calibrate_points]],
+                                                    cfg.eval.calibrate_times)
     if run is not None:
+        write_config(cfg, run)  # again: calibration may have set eval.density_t
         model.save(run)
     return model
+
+
+def write_config(cfg: Config, run: Path) -> None:
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

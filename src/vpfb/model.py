@@ -35,7 +35,7 @@ class EnergyModel:
     """A trained potential Φ(z, t) on standardised points z = (x − mean)/std, used through x in user units."""
 
     def __init__(self, potential: nn.Module, config: Config, standardizer: Standardizer):
-        self.potential, self.config, self.standardizer = potential.eval(), config, standardizer
+        self.phi, self.config, self.standardizer = potential.eval(), config, standardizer  # Φ as an nn.Module
         self.dim = standardizer.mean.numel()
         self.path = potential.path
 
@@ -55,16 +55,16 @@ class EnergyModel:
         return torch.full((n,), float(t))
 
     # -- the energy --------------------------------------------------------------------------------------------
-    def potential_value(self, x: Tensor, t: float = 1.0) -> Tensor:
+    def potential(self, x: Tensor, t: float = 1.0) -> Tensor:
         """Φ(z, t) at the standardised point (the potential lives in standardised coordinates)."""
         z = self._z(x)
         with torch.no_grad():
-            return self.potential(z, self._t(t, len(z)))
+            return self.phi(z, self._t(t, len(z)))
 
     def velocity(self, x: Tensor, t: float = 1.0) -> Tensor:
         """dx/dt in user units: std ⊙ ∇_zΦ(z, t)."""
         z = self._z(x)
-        return velocity(self.potential, z, self._t(t, len(z))) * self.standardizer.std
+        return velocity(self.phi, z, self._t(t, len(z))) * self.standardizer.std
 
     def log_density(self, x: Tensor, t: float | None = None) -> Tensor:
         """The energy's log-density in user units, up to a constant: the data smoothed by N(0, (σ/μ)²) at time t,
@@ -80,18 +80,18 @@ class EnergyModel:
     def _log_density_z(self, z: Tensor, t: float) -> Tensor:
         tt = self._t(t, len(z))
         mu = self.path.mu(tt)
-        return self.potential.log_density(mu[:, None] * z, tt) + self.dim * mu.log()
+        return self.phi.log_density(mu[:, None] * z, tt) + self.dim * mu.log()
 
     def boltzmann(self, x: Tensor, t: float = 1.0, f_inf: float = -1.0, g_inf: float = 1.0) -> Tensor:
         """The paper's Φ_B = (4Φ(z, t) + f_∞‖z‖²)/g_∞² (see vpfb.energy.boltzmann for when to trust it)."""
         z = self._z(x)
         with torch.no_grad():
-            return boltzmann(self.potential, z, t, f_inf, g_inf)
+            return boltzmann(self.phi, z, t, f_inf, g_inf)
 
     def log_likelihood(self, x: Tensor, hutchinson: bool = False, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
         """Normalised log p(x) of the flow (CNF: log N(z₀) − ∫ΔΦ dt), in user units."""
         z = self._z(x)
-        field = lambda y, t: velocity(self.potential, y, t, create_graph=True)  # noqa: E731
+        field = lambda y, t: velocity(self.phi, y, t, create_graph=True)  # noqa: E731
         prior_std = float(self.path.sigma(torch.zeros(1)))
         return log_likelihood(field, z, prior_std=prior_std, hutchinson=hutchinson, rtol=rtol, atol=atol) \
             - self.standardizer.log_abs_det()
@@ -102,7 +102,7 @@ class EnergyModel:
         """Prior samples carried by dx/dt = ∇Φ from t = 0 to 1; states (and trajectory) in user units."""
         ev = self.config.eval
         z0 = self.path.sigma(torch.zeros(1)) * torch.randn(n, self.dim, generator=generator)
-        sol = integrate(lambda z, t: velocity(self.potential, z, t), z0, solver=solver or ev.solver, steps=steps,
+        sol = integrate(lambda z, t: velocity(self.phi, z, t), z0, solver=solver or ev.solver, steps=steps,
                         rtol=tolerances.get("rtol", ev.rtol), atol=tolerances.get("atol", ev.atol), save=save)
         inv = self.standardizer.inverse
         return ODESolution(inv(sol.x), sol.nfe, sol.times, None if sol.trajectory is None else inv(sol.trajectory))
@@ -115,10 +115,11 @@ class EnergyModel:
     def sample_langevin(self, n: int, steps: int = 500, step_size: float = 1e-2, temperature: float = 1.0,
                         target: str = "density", metropolis: bool = False, x0: Tensor | None = None,
                         generator: torch.Generator | None = None) -> Tensor:
-        """Langevin (or MALA) samples of exp(log ρ̄ₜ) (target="density") or exp(Φ_B) (target="boltzmann").
-        The step size is in standardised units; chains start at x0 or at flow samples."""
+        """Langevin (or MALA) samples of the energy density exp(log_density) (target="density") or of the paper's
+        exp(Φ_B) (target="boltzmann"). The step size is in standardised units; chains start at x0 (then n is
+        ignored) or at n flow samples."""
         targets = {"density": lambda z: self._log_density_z(z, self.config.eval.density_t),
-                   "boltzmann": lambda z: boltzmann(self.potential, z)}
+                   "boltzmann": lambda z: boltzmann(self.phi, z)}
         if target not in targets:
             raise ValueError(f"unknown Langevin target {target!r}; choose 'density' or 'boltzmann'")
         z0 = self._z(x0) if x0 is not None else self._z(self.sample(n, generator=generator))
@@ -129,7 +130,7 @@ class EnergyModel:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.potential.state_dict().items()}
+        state = {k: v.detach().contiguous() for k, v in self.phi.state_dict().items()}
         save_file(state, directory / WEIGHTS)
         meta = {"format": FORMAT, "vpfb_version": __version__, "dim": self.dim, "config": self.config.to_dict(),
                 "standardizer": self.standardizer.to_dict()}

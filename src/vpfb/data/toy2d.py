@@ -152,7 +152,8 @@ def _mixture_log_density(x: Tensor, centres: np.ndarray, std: float, weights: np
 
 
 def _rings_log_density(x: Tensor, radii: tuple[float, ...], std: float) -> Tensor:
-    """log (1/R) Σ_r (2πs²)⁻¹ exp(−(ρ − r)²/2s²) I₀e(rρ/s²), ρ = |x|: each circle with a uniform angle, exactly."""
+    """log (1/R) Σ_r (2πs²)⁻¹ exp(−(ρ − r)²/2s²) I₀e(rρ/s²), ρ = |x|, I₀e(z) = e^{−z}I₀(z): each circle with a
+    uniform angle, exactly."""
     rho = x.norm(dim=1, keepdim=True)
     r = torch.tensor(radii, dtype=torch.float64, device=x.device)
     per_ring = -(rho - r) ** 2 / (2 * std**2) + torch.special.i0e(r * rho / std**2).log()
@@ -163,11 +164,7 @@ def _checkerboard_log_density(x: Tensor) -> Tensor:
     """−log 32 (uniform on 8 black squares of area 4) inside a black square, −inf elsewhere."""
     cell = torch.floor((x - CHECKER_LOW) / CHECKER_CELL)
     inside = ((cell >= 0) & (cell < 4)).all(1) & (cell.sum(1) % 2 == 0)
-    return torch.where(inside, -math.log(8 * CHECKER_CELL**2), -math.inf)
-
-
-def _pinwheel_log_density(x: Tensor) -> Tensor:
-    return torch.cat([_pinwheel_block(b) for b in x.split(max(1, _CHUNK // PINWHEEL_GRID))])
+    return torch.full_like(x[:, 0], -math.log(8 * CHECKER_CELL**2)).masked_fill(~inside, -math.inf)
 
 
 def _pinwheel_turn(beta: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
@@ -177,25 +174,18 @@ def _pinwheel_turn(beta: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
     return beta - bend, 1 + bend * rho * torch.sin(beta)
 
 
-def _pinwheel_block(x: Tensor) -> Tensor:
-    """Change of variables from the features f = ρ(cos β, sin β) ~ N((1, 0), diag(RADIAL², TANGENTIAL²)), which the
-    sampler keeps at length ρ and turns to the angle E(β) − a_k: p(x) = Σ_β N(f) / (ARMS · |E'(β)| · SCALE²) over
-    every β ∈ [0, 2π) with E(β) = angle(x) + 2πc/ARMS for an integer c (the arm is c mod ARMS). Roots are bracketed
-    on PINWHEEL_GRID angles and polished by Newton steps; two roots in one step, or E moving more than 2π/ARMS in one
-    step, need |RATE f₁e^{f₀}| ≳ 1, where N(f) is below about 3e-8 of its peak: roots can be missed only where p(x)
-    is below about 1e-6 (the density peaks near 0.27).
-    """
-    z = x / PINWHEEL_SCALE
-    rho, angle = z.norm(dim=1), torch.atan2(z[:, 1], z[:, 0])
-    grid = 2 * math.pi * torch.arange(PINWHEEL_GRID + 1, dtype=torch.float64, device=x.device) / PINWHEEL_GRID
-    turn = _pinwheel_turn(grid, rho[:, None])[0]
-    level = torch.floor(PINWHEEL_ARMS * (turn - angle[:, None]) / (2 * math.pi))  # changes by one at every root
+def _pinwheel_brackets(rho: Tensor, angle: Tensor, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(point, step, c) for every grid step [β_j, β_j+1] in which E(β) − angle crosses 2πc/ARMS, c an integer."""
+    level = torch.floor(PINWHEEL_ARMS * (_pinwheel_turn(grid, rho[:, None])[0] - angle[:, None]) / (2 * math.pi))
     point, step = torch.nonzero(level[:, 1:] != level[:, :-1], as_tuple=True)
-    target = angle[point] + 2 * math.pi * torch.maximum(level[point, step], level[point, step + 1]) / PINWHEEL_ARMS
-    rho, lo, hi = rho[point], grid[step], grid[step + 1]
-    lo_below = turn[point, step] < target
+    return point, step, torch.maximum(level[point, step], level[point, step + 1])
+
+
+def _pinwheel_roots(lo: Tensor, hi: Tensor, rho: Tensor, target: Tensor) -> Tensor:
+    """β in [lo, hi] with E(β) = target, by Newton steps kept inside the shrinking bracket (else bisection)."""
+    lo_below = _pinwheel_turn(lo, rho)[0] < target
     beta = (lo + hi) / 2
-    for _ in range(12):  # Newton steps, kept inside the shrinking bracket (else bisection): 3-5 reach rounding
+    for _ in range(12):  # 3-5 steps reach rounding error away from the map's folds
         e, slope = _pinwheel_turn(beta, rho)
         moves_lo = (e < target) == lo_below
         lo, hi = torch.where(moves_lo, beta, lo), torch.where(moves_lo, hi, beta)
@@ -203,6 +193,26 @@ def _pinwheel_block(x: Tensor) -> Tensor:
         beta, previous = torch.where((newton >= lo) & (newton <= hi), newton, (lo + hi) / 2), beta
         if bool(((beta - previous).abs() < 1e-12).all()):
             break
+    return beta
+
+
+def _pinwheel_log_density(x: Tensor) -> Tensor:
+    """Change of variables from the features f = ρ(cos β, sin β) ~ N((1, 0), diag(RADIAL², TANGENTIAL²)), which the
+    sampler keeps at length ρ and turns to the angle E(β) − a_k: p(x) = Σ_β N(f) / (ARMS · |E'(β)| · SCALE²) over
+    every β ∈ [0, 2π) with E(β) = angle(x) + 2πc/ARMS for an integer c (the arm is c mod ARMS). Roots are bracketed
+    on PINWHEEL_GRID angles, then polished; two roots in one step, or E moving more than 2π/ARMS in one step, need
+    |RATE f₁e^{f₀}| ≳ 1, where N(f) is below about 3e-8 of its peak: roots can be missed only where p(x) is below
+    about 1e-6 (the density peaks near 0.27).
+    """
+    z = x / PINWHEEL_SCALE
+    rho, angle = z.norm(dim=1), torch.atan2(z[:, 1], z[:, 0])
+    grid = 2 * math.pi * torch.arange(PINWHEEL_GRID + 1, dtype=torch.float64, device=x.device) / PINWHEEL_GRID
+    size = max(1, _CHUNK // PINWHEEL_GRID)
+    found = [_pinwheel_brackets(r, a, grid) for r, a in zip(rho.split(size), angle.split(size))]
+    point = torch.cat([p + i * size for i, (p, _, _) in enumerate(found)])
+    step, crossed = torch.cat([f[1] for f in found]), torch.cat([f[2] for f in found])
+    rho = rho[point]
+    beta = _pinwheel_roots(grid[step], grid[step + 1], rho, angle[point] + 2 * math.pi * crossed / PINWHEEL_ARMS)
     f0, f1 = rho * torch.cos(beta), rho * torch.sin(beta)
     log_f = (-((f0 - 1) / PINWHEEL_RADIAL) ** 2 / 2 - (f1 / PINWHEEL_TANGENTIAL) ** 2 / 2
              - math.log(2 * math.pi * PINWHEEL_RADIAL * PINWHEEL_TANGENTIAL))

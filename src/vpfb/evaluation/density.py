@@ -10,6 +10,16 @@ from vpfb.likelihood import grid_box, grid_log_normaliser
 from vpfb.model import EnergyModel
 
 
+def calibrate_density_t(model: EnergyModel, x: Tensor, times: list[float]) -> tuple[float, dict[float, float]]:
+    """The read-out time t whose log_density(·, t) best matches the model's own CNF log-likelihood on x, by the
+    spread std(log_density − log p_CNF) (both known up to a constant); returns t and the spread at every time."""
+    if not times:
+        raise ValueError("calibration needs at least one candidate time")
+    reference = model.log_likelihood(x, hutchinson=model.dim > 16)
+    spread = {t: (model.log_density(x, t) - reference).std().item() for t in times}
+    return min(spread, key=spread.get), spread
+
+
 def density_metrics(model: EnergyModel, x_test: Tensor, true_log_density: Callable[[Tensor], Tensor] | None = None,
                     box: tuple[Tensor, Tensor] | None = None, grid_points: int = 400) -> dict[str, float]:
     """CNF test NLL, the true density's NLL (when known) and, in 2-D, the grid-normalised NLLs of log_density and
