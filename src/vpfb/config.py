@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 100
     time_budget: float = 0.0  # seconds; > 0 stops training when spent (the LR schedule then follows the clock)
+    device: str = "cpu"  # "cuda" to train on a GPU
 
 
 @dataclass

@@ -33,15 +33,15 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
     if points.dim() != 2 or not torch.isfinite(points).all():
         raise ValueError(f"training points must be a finite [N, d] array, got shape {tuple(points.shape)}")
     standardizer = Standardizer.fit(points)
-    potential = build_potential(cfg, points.shape[1])
+    potential = build_potential(cfg, points.shape[1]).to(cfg.train.device)
     loss = build_loss_from_config(cfg, potential.path)
     run = Path(out) if out is not None else None
     if run is not None:
         run.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run)
-    result = train(potential, loss, standardizer.transform(points), cfg.train,
+    result = train(potential, loss, standardizer.transform(points).to(cfg.train.device), cfg.train,
                    metrics_csv=run / "metrics.csv" if run else None, progress_bar=progress_bar)
-    model = EnergyModel(result.ema, cfg, standardizer)
+    model = EnergyModel(result.ema, cfg, standardizer).to(cfg.train.device)
     if cfg.eval.calibrate:
         pick = torch.randperm(len(points), generator=torch.Generator().manual_seed(cfg.train.seed))
         cfg.eval.density_t, _ = calibrate_density_t(model, points[pick[: cfg.eval.calibrate_points]],

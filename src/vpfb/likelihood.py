@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from vpfb.sampling import Field
+from vpfb.sampling import Field, draw_like
 
 
 def divergence(v: Tensor, x: Tensor, noise: Tensor | None = None) -> Tensor:
@@ -34,7 +34,7 @@ def log_likelihood(field: Field, x1: Tensor, t0: float = 0.0, t1: float = 1.0, p
     """
     noise = None
     if hutchinson:  # one Rademacher probe per sample, held fixed along the path (FFJORD)
-        noise = torch.randint(0, 2, x1.shape, generator=generator, device=x1.device).to(x1.dtype) * 2 - 1
+        noise = (draw_like(torch.rand, x1, generator) < 0.5).to(x1.dtype) * 2 - 1
 
     def dynamics(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x = state[0]
@@ -62,7 +62,7 @@ def grid_log_normaliser(log_density: Callable[[Tensor], Tensor], low: Tensor, hi
     cell = (high - low) / points
     axes = [low[i] + cell[i] * (torch.arange(points, dtype=torch.float64) + 0.5) for i in range(2)]
     grid = torch.cartesian_prod(*axes).float()
-    values = torch.cat([log_density(chunk).detach().double() for chunk in grid.split(batch)])
+    values = torch.cat([log_density(chunk).detach().double().cpu() for chunk in grid.split(batch)])
     return torch.logsumexp(values, 0) + cell.log().sum()
 
 

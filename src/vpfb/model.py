@@ -38,10 +38,18 @@ class EnergyModel:
         self.phi, self.config, self.standardizer = potential.eval(), config, standardizer  # Φ as an nn.Module
         self.dim = standardizer.mean.numel()
         self.path = potential.path
+        self.device = next(potential.parameters()).device
+
+    def to(self, device: str | torch.device) -> EnergyModel:
+        """Move the model; inputs are moved to its device and outputs stay there."""
+        self.device = torch.device(device)
+        self.phi.to(self.device)
+        self.standardizer = Standardizer(self.standardizer.mean.to(self.device), self.standardizer.std.to(self.device))
+        return self
 
     # -- checks and units ------------------------------------------------------------------------------------
     def _z(self, x: Tensor) -> Tensor:
-        x = torch.as_tensor(x, dtype=torch.float32)
+        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"this model was trained on points of dimension {self.dim}; expected shape "
                              f"[N, {self.dim}], got {tuple(x.shape)}")
@@ -52,7 +60,7 @@ class EnergyModel:
     def _t(self, t: float, n: int) -> Tensor:
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"t must lie in [0, 1], got {t}")
-        return torch.full((n,), float(t))
+        return torch.full((n,), float(t), device=self.device)
 
     # -- the energy --------------------------------------------------------------------------------------------
     def potential(self, x: Tensor, t: float = 1.0) -> Tensor:
@@ -92,7 +100,7 @@ class EnergyModel:
         """Normalised log p(x) of the flow (CNF: log N(z₀) − ∫ΔΦ dt), in user units."""
         z = self._z(x)
         field = lambda y, t: velocity(self.phi, y, t, create_graph=True)  # noqa: E731
-        prior_std = float(self.path.sigma(torch.zeros(1)))
+        prior_std = float(self.path.sigma(torch.zeros(1)))  # a number: the path is device-free
         return log_likelihood(field, z, prior_std=prior_std, hutchinson=hutchinson, rtol=rtol, atol=atol) \
             - self.standardizer.log_abs_det()
 
@@ -101,7 +109,7 @@ class EnergyModel:
              generator: torch.Generator | None = None, **tolerances) -> ODESolution:
         """Prior samples carried by dx/dt = ∇Φ from t = 0 to 1; states (and trajectory) in user units."""
         ev = self.config.eval
-        z0 = self.path.sigma(torch.zeros(1)) * torch.randn(n, self.dim, generator=generator)
+        z0 = float(self.path.sigma(torch.zeros(1))) * torch.randn(n, self.dim, generator=generator).to(self.device)
         sol = integrate(lambda z, t: velocity(self.phi, z, t), z0, solver=solver or ev.solver, steps=steps,
                         rtol=tolerances.get("rtol", ev.rtol), atol=tolerances.get("atol", ev.atol), save=save)
         inv = self.standardizer.inverse
@@ -130,14 +138,14 @@ class EnergyModel:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.phi.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.phi.state_dict().items()}
         save_file(state, directory / WEIGHTS)
         meta = {"format": FORMAT, "vpfb_version": __version__, "dim": self.dim, "config": self.config.to_dict(),
                 "standardizer": self.standardizer.to_dict()}
         (directory / METADATA).write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, directory: str | Path) -> EnergyModel:
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> EnergyModel:
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"run directory {directory} does not exist")
@@ -162,9 +170,9 @@ class EnergyModel:
             potential.load_state_dict(state)
         except RuntimeError as err:
             raise ValueError(f"{directory / WEIGHTS} does not match the architecture in its config: {err}") from err
-        return cls(potential, config, standardizer)
+        return cls(potential, config, standardizer).to(device)
 
 
-def load(directory: str | Path) -> EnergyModel:
-    """Load a trained model from a run directory."""
-    return EnergyModel.load(directory)
+def load(directory: str | Path, device: str | torch.device = "cpu") -> EnergyModel:
+    """Load a trained model from a run directory onto a device."""
+    return EnergyModel.load(directory, device)

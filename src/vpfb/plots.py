@@ -26,14 +26,14 @@ def plot_density(ax, log_density: Callable[[Tensor], Tensor], low: Tensor, high:
     """Normalised density exp(log p − log Z) on the box as an image."""
     gx, gy, grid = _grid(low, high, points)
     log_z = grid_log_normaliser(log_density, low, high, points)
-    dens = (log_density(grid).double() - log_z).exp().reshape(gx.shape)
+    dens = (log_density(grid).detach().double().cpu() - log_z).exp().reshape(gx.shape)
     ax.pcolormesh(gx.numpy(), gy.numpy(), dens.float().numpy(), shading="auto", cmap="viridis")
     ax.set_title(title), ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])
 
 
 def plot_trajectories(ax, solution: ODESolution, max_paths: int = 400, title: str = "ODE trajectories") -> None:
     """Paths of dx/dt = ∇Φ from prior (grey) to samples (colour)."""
-    traj = solution.trajectory[:, :max_paths].numpy()
+    traj = solution.trajectory[:, :max_paths].cpu().numpy()
     ax.plot(traj[:, :, 0], traj[:, :, 1], color="0.6", lw=0.3, alpha=0.5)
     ax.scatter(traj[0, :, 0], traj[0, :, 1], s=2, color="0.3", label="t = 0")
     ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=2, color="C1", label="t = 1")
@@ -42,7 +42,7 @@ def plot_trajectories(ax, solution: ODESolution, max_paths: int = 400, title: st
 
 
 def plot_samples(ax, x: Tensor, low: Tensor, high: Tensor, title: str = "", color: str = "C3") -> None:
-    x = x.detach().numpy()
+    x = x.detach().cpu().numpy()
     ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4, color=color)
     ax.set_xlim(float(low[0]), float(high[0])), ax.set_ylim(float(low[1]), float(high[1]))
     ax.set_title(title), ax.set_aspect("equal"), ax.set_xticks([]), ax.set_yticks([])

@@ -84,14 +84,14 @@ def sample_langevin(log_p: Callable[[Tensor], Tensor], x0: Tensor, steps: int = 
     scale = (2 * step_size) ** 0.5
     grads, values, accepted, saved = [], [], 0.0, [x]
     for k in range(steps):
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = draw_like(torch.randn, x, generator)
         proposal = x + step_size * grad + scale * noise
         new_value, new_grad = value_and_grad(target, proposal)
         if metropolis:
             forward = _log_q(proposal, x, grad, step_size)
             backward = _log_q(x, proposal, new_grad, step_size)
             log_ratio = new_value - value + backward - forward
-            u = torch.rand(log_ratio.shape, generator=generator, device=x.device, dtype=x.dtype)
+            u = draw_like(torch.rand, log_ratio, generator)
             accept = u.log() < log_ratio
             accepted += accept.float().mean().item()
             keep = accept.reshape(-1, *([1] * (x.dim() - 1)))
@@ -107,6 +107,12 @@ def sample_langevin(log_p: Callable[[Tensor], Tensor], x0: Tensor, steps: int = 
     return LangevinResult(x, torch.stack(grads), torch.stack(values),
                           accepted / steps if metropolis else None,
                           torch.stack(saved) if save_every else None)
+
+
+def draw_like(sampler, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Random numbers shaped like `like`, drawn on the generator's device (a CPU generator may drive a GPU chain)."""
+    device = generator.device if generator is not None else like.device
+    return sampler(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 def _log_q(to: Tensor, frm: Tensor, grad_frm: Tensor, h: float) -> Tensor:

@@ -15,7 +15,7 @@ from vpfb.model import EnergyModel
 
 def report_2d(model: EnergyModel, x_test: Tensor, out: str | Path,
               true_log_density: Callable[[Tensor], Tensor] | None = None, seed: int = 0,
-              langevin_steps: int = 500, langevin_step_size: float = 1e-2) -> dict[str, float]:
+              langevin_steps: int = 1500, langevin_step_size: float = 2e-3) -> dict[str, float]:
     """Write trajectories.png, boltzmann.png and density.png to `out`; return the density metrics."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -33,7 +33,7 @@ def report_2d(model: EnergyModel, x_test: Tensor, out: str | Path,
     fig, axes = plots.figure(2)
     t = model.config.eval.density_t
     plots.plot_density(axes[0], model.log_density, low, high, title=f"energy density (ψ read at t={t:g})")
-    prior = model.standardizer.inverse(torch.randn(2000, 2, generator=gen))  # chains start from the prior
+    prior = model.standardizer.inverse(torch.randn(2000, 2, generator=gen).to(model.device))  # chains start at the prior
     chains = model.sample_langevin(2000, steps=langevin_steps, step_size=langevin_step_size, x0=prior, generator=gen)
     plots.plot_samples(axes[1], chains, low, high, f"SGLD from the prior ({langevin_steps} steps)")
     plots.save(fig, out / "boltzmann.png")
