@@ -38,6 +38,7 @@ from vpfb.training import train
 
 METHODS = {  # name -> config overrides on the shared defaults
     "vpfb": {},
+    "vpfb-uniform": {"loss": {"weight": "uniform"}},
     "vpfb-covariance": {"loss": {"estimator": "covariance", "weight": "sigma2"}},
     "vpfb-released": {"loss": {"name": "released"}, "model": {"parameterisation": "direct"}},
     "vpfb-cv": {"loss": {"estimator": "covariance", "weight": "sigma2", "control_variate": True}},

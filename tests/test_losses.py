@@ -74,7 +74,7 @@ def test_pathwise_loss_equals_flow_matching_residual_up_to_a_constant():
     path = LinearPath()
     potential = EnergyPotential(MLPPotential(2, hidden=16, depth=1), path)
     x_bar, t, eps = mixture(64), torch.rand(64), torch.randn(64, 2)
-    out = DeepRitzLoss(path, "pathwise")(potential, x_bar, t, eps)
+    out = DeepRitzLoss(path, "pathwise", weight="uniform")(potential, x_bar, t, eps)
     u = path.sample(x_bar, t, eps).u
     const = 0.5 * (u**2).sum(1).mean()
     torch.testing.assert_close(out.loss + const, out.parts["residual"])
@@ -105,8 +105,9 @@ def test_energy_potential_with_zero_network_is_the_standard_gaussian_optimum():
     torch.testing.assert_close(v, truth.velocity(x, t))
 
 
-def test_dsm_weight_is_t_squared_on_linear_path():
+def test_time_weights_on_the_linear_path():
     t = torch.rand(10)
+    torch.testing.assert_close(time_weight("snr", LinearPath(), t, floor=0.1), (t**2 + 0.1) / ((1 - t) ** 2 + 0.1))
     torch.testing.assert_close(time_weight("dsm", LinearPath(), t), t**2)
     torch.testing.assert_close(time_weight("sigma2", LinearPath(), t), (1 - t) ** 2)
 
@@ -126,6 +127,8 @@ def test_bad_loss_options_are_rejected():
         DeepRitzLoss(LinearPath(), "score")
     with pytest.raises(ValueError, match="time weight"):
         DeepRitzLoss(LinearPath(), weight="edm")
+    with pytest.raises(ValueError, match="snr_floor"):
+        DeepRitzLoss(LinearPath(), snr_floor=0.0)
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("dsm", LinearPath())
     with pytest.raises(ValueError, match="parameterisation"):

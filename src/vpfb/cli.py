@@ -112,7 +112,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
     d = sub.add_parser("demo", help="train on two moons and write the paper's 2-D figures")
     d.add_argument("--out", default="demo")
-    d.add_argument("--steps", type=int, default=3000)
+    d.add_argument("--steps", type=int, default=6000)
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -44,7 +44,8 @@ class LossConfig:
     name: str = "deep_ritz"  # "deep_ritz" or "released"
     estimator: str = "pathwise"  # "pathwise" or "covariance"
     control_variate: bool = False  # covariance only: subtract γΦ(μx̄, t), a zero-mean control variate
-    weight: str = "uniform"  # "uniform", "sigma2" or "dsm"
+    weight: str = "snr"  # "snr", "uniform", "sigma2" or "dsm" (see vpfb.losses.time_weight)
+    snr_floor: float = 0.05  # c in the "snr" weight (μ² + c)/(σ² + c)
     time_sampling: str = "uniform"  # "uniform" or "logit_normal"
     t_min: float = 1e-5
 

@@ -20,7 +20,8 @@ def build_loss_from_config(cfg: Config, path: GaussianPath):
     sampler = TimeSampler(cfg.loss.time_sampling, cfg.loss.t_min)
     if cfg.loss.name == "deep_ritz":
         return build_loss("deep_ritz", path, estimator=cfg.loss.estimator, weight=cfg.loss.weight,
-                          time_sampler=sampler, control_variate=cfg.loss.control_variate)
+                          time_sampler=sampler, control_variate=cfg.loss.control_variate,
+                          snr_floor=cfg.loss.snr_floor)
     return build_loss(cfg.loss.name, path, time_sampler=sampler)
 
 
