@@ -19,9 +19,23 @@ demo: $(BIN)/vpfb
 test: $(BIN)/vpfb
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+# The `vision` extra needs the CUDA torch build (it also runs on CPU): a second environment, the whole suite again.
+VISION_VENV := .venv-vision
+VISION_TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+$(VISION_VENV)/bin/vpfb: pyproject.toml
+	$(PY) -m venv $(VISION_VENV)
+	$(VISION_VENV)/bin/pip install -q --upgrade pip
+	$(VISION_VENV)/bin/pip install -q $(VISION_TORCH)
+	$(VISION_VENV)/bin/pip install -q -e ".[dev,vision]"
+	touch $@
+
+test-vision: $(VISION_VENV)/bin/vpfb
+	OMP_NUM_THREADS=1 $(VISION_VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+
 bench-toy2d: $(BIN)/vpfb
 	$(BIN)/pip install -q ".[bench]" --no-deps torchcfm
 	$(BIN)/python benchmarks/toy2d.py
 
 clean:
-	rm -rf $(VENV) demo runs
+	rm -rf $(VENV) $(VISION_VENV) demo runs

@@ -1,15 +1,16 @@
-"""Data: 2-D toy sets with their true densities, and user point files."""
+"""Data: 2-D toy sets with their true densities, user point files, and image sets (uint8, batched to [-1, 1])."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from torch import Tensor
 
+from vpfb.data.images import IMAGE_SETS, ImageData, load_images
 from vpfb.data.points import POINT_FILES, Standardizer, load_points
 from vpfb.data.toy2d import TOY_DATASETS, sample_toy, toy_log_density
 
-__all__ = ["POINT_FILES", "TOY_DATASETS", "Standardizer", "load_data", "load_points", "sample_toy",
-           "toy_log_density"]
+__all__ = ["IMAGE_SETS", "POINT_FILES", "TOY_DATASETS", "ImageData", "Standardizer", "load_data", "load_images",
+           "load_points", "sample_toy", "toy_log_density"]
 
 
 def load_data(spec: str, n: int = 20000, seed: int = 0) -> tuple[Tensor, str]:
