@@ -62,6 +62,15 @@ class TrainConfig:
     log_every: int = 100
     time_budget: float = 0.0  # seconds; > 0 stops training when spent (the LR schedule then follows the clock)
     device: str = "cpu"  # "cuda" to train on a GPU
+    warmup_steps: int = 0  # linear LR warm-up from 0 to lr over these steps, then the cosine decay
+    clip_mode: str = "norm"  # "norm" (global norm ≤ grad_clip) or "released" (each entry to ±(3√v̂ + 0.1), Adam's v̂)
+    checkpoint_every: int = 1000  # steps between checkpoints (written only with a run directory) and restore points
+    keep_checkpoints: int = 2  # newest checkpoints kept in run_dir/checkpoints
+    max_restores: int = 3  # consecutive non-finite steps survived by restoring the last good state and skipping
+    sample_every: int = 0  # steps between calls of train()'s callback(step, ema_module); 0 never calls it
+    tensorboard: bool = False  # also log metrics to TensorBoard (beside metrics.csv) when it is installed
+    amp: str = "none"  # "none" or "bf16" (autocast of the loss, on CUDA or CPU)
+    compile: bool = False  # torch.compile the potential's forward
 
 
 @dataclass

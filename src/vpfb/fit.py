@@ -41,7 +41,7 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
         run.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run)
     result = train(potential, loss, standardizer.transform(points).to(cfg.train.device), cfg.train,
-                   metrics_csv=run / "metrics.csv" if run else None, progress_bar=progress_bar)
+                   progress_bar=progress_bar, run_dir=run)
     model = EnergyModel(result.ema, cfg, standardizer).to(cfg.train.device)
     if cfg.eval.calibrate:
         pick = torch.randperm(len(points), generator=torch.Generator().manual_seed(cfg.train.seed))

@@ -1,3 +1,3 @@
-from vpfb.training.trainer import TrainResult, train
+from vpfb.training.trainer import BatchSource, TrainResult, learning_rate, train
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["BatchSource", "TrainResult", "learning_rate", "train"]

@@ -1,12 +1,16 @@
-"""The training loop: Adam with cosine decay, gradient clipping, an EMA of the weights, metrics to CSV."""
+"""The training loop: Adam with warm-up and cosine decay, gradient clipping, an EMA of the weights, a guard against
+non-finite steps, metrics to CSV (and TensorBoard), and checkpoints from which a run resumes exactly."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, Union
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +19,20 @@ from tqdm.auto import tqdm
 
 from vpfb.config import TrainConfig
 from vpfb.losses import LossOutput
+from vpfb.training import checkpoint
+
+
+class BatchSource(Protocol):
+    """Training data drawn by index, e.g. an image store that scales and flips the rows it is asked for. The trainer
+    calls batch(index, generator=generator); any randomness (flips) must come from that CPU generator, the
+    trainer's seeded one, for resumes to stay exact."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: Tensor, generator: torch.Generator) -> Tensor | tuple[Tensor, ...]: ...
+
+
+Data = Union[Tensor, BatchSource]
 
 
 @dataclass
@@ -22,55 +40,221 @@ class TrainResult:
     ema: nn.Module  # the exponential moving average of the potential: use it for sampling and densities
     steps: int
     seconds: float
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # the rows logged by this call
+    resumed_from: int = 0  # the checkpoint step this call continued from; 0 for a fresh run
 
 
-def cosine_lr(cfg: TrainConfig, progress: float) -> float:
-    """lr at a training fraction in [0, 1]: cosine from cfg.lr to cfg.lr_final."""
+def learning_rate(cfg: TrainConfig, step: int, elapsed: float = 0.0) -> float:
+    """lr at `step` (from 1): linear warm-up to cfg.lr over cfg.warmup_steps, then cosine decay to cfg.lr_final over
+    the remaining steps, or over the time budget if that runs out first."""
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    if cfg.time_budget > 0:
+        progress = max(progress, elapsed / cfg.time_budget)
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutput], data: Tensor,
-          cfg: TrainConfig, metrics_csv: Path | None = None, progress_bar: bool = True) -> TrainResult:
-    """Minimise loss_fn(potential, batch) over random batches of `data` for cfg.steps steps (or cfg.time_budget s)."""
-    if data.shape[0] < 2:
-        raise ValueError(f"need at least 2 training points, got {data.shape[0]}")
+def clip_to_second_moment_(optimiser: torch.optim.Adam, scale: float = 3.0, floor: float = 0.1) -> None:
+    """The released per-entry rule: clip each gradient entry to ±(scale·√v̂ + floor), v̂ = v/(1 − β₂ᵏ) being Adam's
+    bias-corrected second moment before this update. Entries without a v̂ yet (the first step) pass unclipped: with
+    the v̂ = g² of their own update the rule would be a no-op."""
+    for group in optimiser.param_groups:
+        beta2 = group["betas"][1]
+        for p in group["params"]:
+            state = optimiser.state.get(p)
+            if p.grad is None or not state:
+                continue
+            bound = scale * (state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))).sqrt() + floor
+            p.grad.clamp_(-bound, bound)
+
+
+def clip_gradients(potential: nn.Module, optimiser: torch.optim.Adam, cfg: TrainConfig) -> Tensor:
+    """Clip in place as cfg.clip_mode says; return the global gradient norm before clipping."""
+    if cfg.clip_mode == "norm" and cfg.grad_clip > 0:
+        return torch.nn.utils.clip_grad_norm_(potential.parameters(), cfg.grad_clip)
+    grads = [p.grad for p in potential.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if cfg.clip_mode == "released":
+        clip_to_second_moment_(optimiser)
+    return norm
+
+
+def draw_batch(data: Data, generator: torch.Generator, size: int, device: torch.device):
+    """A random batch: rows of a tensor (on its device), or data.batch(index, generator=...) moved to `device`.
+    Indices come from the CPU `generator`, so its state alone fixes the data position."""
+    index = torch.randint(len(data), (size,), generator=generator)
+    if isinstance(data, Tensor):
+        return data[index.to(data.device)]
+    batch = data.batch(index, generator=generator)
+    return batch.to(device) if isinstance(batch, Tensor) else tuple(b.to(device) for b in batch)
+
+
+class MetricsLog:
+    """Rows {step, seconds, lr, loss parts, grad_norm} to a CSV, flushed per row, and optionally to TensorBoard.
+    Continuing a run from `start_step` drops the rows logged after it, so that no step appears twice."""
+
+    def __init__(self, csv_path: Path | None, tensorboard_dir: Path | None, start_step: int):
+        self.csv_path, self.fh, self.writer, self.tb, self.kept = csv_path, None, None, None, []
+        if csv_path is not None and start_step > 0 and csv_path.exists():
+            with open(csv_path, newline="") as fh:
+                self.kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= start_step]
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                warnings.warn("train.tensorboard is set but tensorboard is not installed (pip install tensorboard); "
+                              "metrics go to the CSV only", stacklevel=3)
+            else:
+                self.tb = SummaryWriter(str(tensorboard_dir), purge_step=start_step + 1 if start_step else None)
+
+    def write(self, row: dict) -> None:
+        if self.csv_path is not None:
+            if self.writer is None:  # opened at the first row: a resumed run that logs nothing leaves the file be
+                self.fh = open(self.csv_path, "w", newline="")
+                self.writer = csv.DictWriter(self.fh, fieldnames=list(self.kept[0] if self.kept else row))
+                self.writer.writeheader()
+                self.writer.writerows(self.kept)
+            self.writer.writerow(row)
+            self.fh.flush()
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.tb.add_scalar(key, value, row["step"])
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutput], data: Data, cfg: TrainConfig,
+          metrics_csv: Path | None = None, progress_bar: bool = True, *, run_dir: Path | None = None,
+          callback: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
+    """Minimise loss_fn(potential, batch) over random batches of `data` for cfg.steps steps (or cfg.time_budget s).
+
+    With a `run_dir`, checkpoints go to run_dir/checkpoints every cfg.checkpoint_every steps and metrics to
+    run_dir/metrics.csv (unless `metrics_csv` says otherwise); a run_dir holding checkpoints is resumed from the
+    newest intact one, exactly: same batches, same noise, same losses as an uninterrupted run.
+    `callback(step, ema_module)` runs every cfg.sample_every steps on a forked RNG, so it never changes training.
+    """
+    check_train_config(cfg)
+    if len(data) < 2:
+        raise ValueError(f"need at least 2 training points, got {len(data)}")
+    if not isinstance(data, Tensor) and not callable(getattr(data, "batch", None)):
+        raise TypeError(f"data must be a tensor or have a batch(index, generator) method, got {type(data).__name__}")
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    device = next(potential.parameters()).device
     torch.manual_seed(cfg.seed)
-    batches = torch.Generator(device=data.device).manual_seed(cfg.seed)
+    batches = torch.Generator().manual_seed(cfg.seed)
     optimiser = torch.optim.Adam(potential.parameters(), lr=cfg.lr)
-    ema = AveragedModel(potential, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
+    ema = AveragedModel(potential, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)).eval()
+    forward = torch.compile(potential) if cfg.compile else potential
+    config = dataclasses.asdict(cfg)
+
+    # resume from the newest intact checkpoint, or remember the initial state as the last good one
+    good = checkpoint.load_latest(run_dir) if run_dir is not None else None
+    if good is not None:
+        checkpoint.restore_weights(good, potential, ema, optimiser)
+        checkpoint.restore_rng(good, batches)
+        tqdm.write(f"resuming from {good.source} (step {good.step} of {cfg.steps})", file=sys.stderr)
+    else:
+        good = checkpoint.capture(0, 0.0, potential, ema, optimiser, batches, config)
+    resumed_from = step = good.step
+    start = time.perf_counter() - good.seconds  # the clock (time budget, schedule) continues too
+    log = metrics_log(cfg, run_dir, metrics_csv, step)
     history: list[dict] = []
-    start, step = time.perf_counter(), 0
-    bar = tqdm(total=cfg.steps, disable=not progress_bar, desc="train", dynamic_ncols=True)
-    for step in range(1, cfg.steps + 1):
-        elapsed = time.perf_counter() - start
-        if cfg.time_budget > 0 and elapsed >= cfg.time_budget:
-            step -= 1
-            break
-        frac = max(step / cfg.steps, elapsed / cfg.time_budget if cfg.time_budget > 0 else 0.0)
-        for group in optimiser.param_groups:
-            group["lr"] = cosine_lr(cfg, frac)
-        index = torch.randint(data.shape[0], (cfg.batch_size,), generator=batches, device=data.device)
-        out = loss_fn(potential, data[index])
-        if not torch.isfinite(out.loss):
-            raise FloatingPointError(f"loss became {out.loss.item()} at step {step}; lower train.lr or "
-                                     f"raise loss.t_min (parts: { {k: v.item() for k, v in out.parts.items()} })")
-        optimiser.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(potential.parameters(), cfg.grad_clip)
-        optimiser.step()
-        ema.update_parameters(potential)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {"step": step, "seconds": round(time.perf_counter() - start, 3),
-                   "lr": optimiser.param_groups[0]["lr"], **{k: v.item() for k, v in out.parts.items()}}
-            history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-        bar.update(1)
-    bar.close()
-    if metrics_csv is not None and history:
-        with open(metrics_csv, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
-    return TrainResult(ema.module, step, time.perf_counter() - start, history)
+    failures, first_failure = 0, ""
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress_bar, desc="train", dynamic_ncols=True)
+    with log, bar:
+        while step < cfg.steps:
+            elapsed = time.perf_counter() - start
+            if cfg.time_budget > 0 and elapsed >= cfg.time_budget:
+                break
+            step += 1
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate(cfg, step, elapsed)
+            batch = draw_batch(data, batches, cfg.batch_size, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+                out = loss_fn(forward, batch)
+            optimiser.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grad_norm = clip_gradients(potential, optimiser, cfg)
+
+            # divergence guard: go back to the last good state and skip this batch, a few times in a row at most
+            if not bool(torch.isfinite(out.loss) & torch.isfinite(grad_norm)):
+                failures += 1
+                first_failure = first_failure or describe_failure(step, out, grad_norm)
+                if failures > cfg.max_restores:
+                    raise FloatingPointError(
+                        f"{first_failure}; still non-finite after {cfg.max_restores} restore(s) of the state of step "
+                        f"{good.step}. Lower train.lr, raise train.warmup_steps or loss.t_min, or clip gradients "
+                        f"(train.grad_clip, train.clip_mode)")
+                checkpoint.restore_weights(good, potential, ema, optimiser)
+                warnings.warn(f"non-finite loss or gradient at step {step}: restored the state of step {good.step} "
+                              f"and skipped this batch ({failures}/{cfg.max_restores})", stacklevel=2)
+                bar.update(1)
+                continue
+            failures, first_failure = 0, ""
+
+            optimiser.step()
+            ema.update_parameters(potential)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row = {"step": step, "seconds": round(time.perf_counter() - start, 3),
+                       "lr": optimiser.param_groups[0]["lr"], "loss": out.loss.item(),
+                       **{k: v.item() for k, v in out.parts.items()}, "grad_norm": grad_norm.item()}
+                history.append(row)
+                log.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if step % cfg.checkpoint_every == 0:
+                good = checkpoint.capture(step, time.perf_counter() - start, potential, ema, optimiser, batches,
+                                          config)
+                if run_dir is not None:
+                    checkpoint.save(good, run_dir, cfg.keep_checkpoints)
+            if callback is not None and cfg.sample_every > 0 and step % cfg.sample_every == 0:
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    callback(step, ema.module)
+            bar.update(1)
+
+    if run_dir is not None and step > good.step:  # the final state, so that a finished run resumes as finished
+        checkpoint.save(checkpoint.capture(step, time.perf_counter() - start, potential, ema, optimiser, batches,
+                                           config), run_dir, cfg.keep_checkpoints)
+    return TrainResult(ema.module, step, time.perf_counter() - start, history, resumed_from)
+
+
+def metrics_log(cfg: TrainConfig, run_dir: Path | None, metrics_csv: Path | None, start_step: int) -> MetricsLog:
+    """The CSV is `metrics_csv`, else run_dir/metrics.csv; TensorBoard events go beside it, in tensorboard/."""
+    csv_path = Path(metrics_csv) if metrics_csv is not None else (run_dir / "metrics.csv" if run_dir else None)
+    tensorboard_dir = csv_path.parent / "tensorboard" if cfg.tensorboard and csv_path is not None else None
+    if cfg.tensorboard and csv_path is None:
+        warnings.warn("train.tensorboard needs a run directory or a metrics file; not logging to TensorBoard",
+                      stacklevel=3)
+    return MetricsLog(csv_path, tensorboard_dir, start_step)
+
+
+def describe_failure(step: int, out: LossOutput, grad_norm: Tensor) -> str:
+    loss = out.loss.item()
+    if math.isfinite(loss):
+        what = f"gradient norm became {grad_norm.item()} (loss {loss})"
+    else:
+        what = f"loss became {loss}"
+    return f"{what} at step {step} (parts: { {k: v.item() for k, v in out.parts.items()} })"
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise ValueError naming the first train.* setting the trainer cannot use."""
+    choices = {"clip_mode": ("norm", "released"), "amp": ("none", "bf16")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+    for name, least in (("steps", 0), ("batch_size", 1), ("log_every", 1), ("checkpoint_every", 1),
+                        ("keep_checkpoints", 1), ("warmup_steps", 0), ("max_restores", 0), ("sample_every", 0)):
+        if getattr(cfg, name) < least:
+            raise ValueError(f"train.{name} must be at least {least}, got {getattr(cfg, name)}")
