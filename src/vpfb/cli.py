@@ -11,6 +11,7 @@ import torch
 
 from vpfb.config import Config, load_config, presets
 from vpfb.data import TOY_DATASETS, load_data, sample_toy, toy_log_density
+from vpfb.model import IMAGE_ARCHITECTURES
 
 
 def held_out_split(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +57,14 @@ def cmd_train(args) -> None:
     if args.steps:
         cfg.train.steps = args.steps
     out = Path(args.out or Path("runs") / Path(cfg.data.name).stem)
-    train_and_report(cfg, out)
+    if cfg.model.architecture in IMAGE_ARCHITECTURES:
+        from vpfb.fit import fit
+
+        print(f"training {cfg.model.architecture} on {cfg.data.name!r}; run directory {out}")
+        fit(cfg, out)
+        print(f"samples: {out}/samples.png")
+    else:
+        train_and_report(cfg, out)
 
 
 def cmd_sample(args) -> None:
@@ -69,9 +77,14 @@ def cmd_sample(args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, x.numpy())
+    elif out.suffix == ".png" and len(model.shape) == 3:
+        from vpfb.plots import save_image_grid
+
+        save_image_grid(x, out)
     elif out.suffix == ".png":
         if model.dim != 2:
-            raise ValueError(f"a .png of samples needs 2-D points; this model has dimension {model.dim}, use .npy")
+            raise ValueError(f"a .png of samples needs 2-D points or images; this model has dimension {model.dim}, "
+                             f"use .npy")
         from vpfb import plots
 
         fig, ax = plots.figure(1)
@@ -97,7 +110,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model", description=f"presets: {', '.join(presets())}")
     t.add_argument("config", nargs="?", default=None, help="preset name or YAML file (default: built-in defaults)")
-    t.add_argument("--data", help=f"toy set ({', '.join(TOY_DATASETS)}) or a .npy/.npz/.csv file of points")
+    t.add_argument("--data", help=f"toy set ({', '.join(TOY_DATASETS)}) or a .npy/.npz/.csv file of points; for image "
+                                  f"presets an image set, folder or .npy/.npz array")
     t.add_argument("--out", help="run directory (default runs/<data>)")
     t.add_argument("--steps", type=int, help="training steps")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-3")
@@ -118,7 +132,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra and (args.command != "train" or not all("=" in e and not e.startswith("-") for e in extra)):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # overrides after the options: argparse leaves them over
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as err:  # bad input: one clear line, no traceback

@@ -14,9 +14,14 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class DataConfig:
-    name: str = "moons"  # a toy data set name or a .npy/.npz/.csv file of points [N, d]
+    name: str = "moons"  # points: a toy set or a .npy/.npz/.csv file [N, d]; images: a set (vpfb.data.IMAGE_SETS),
+    #                      a folder or a .npy/.npz array (see vpfb.data.load_images); the architecture decides which
     n: int = 100_000  # training points drawn from a toy data set
     seed: int = 0
+    root: str = ""  # images: where torchvision sets live ("" = $VPFB_DATA or ~/.cache/vpfb/data)
+    image_size: int = 0  # images: resize (or pad, for digits) to this size; 0 keeps the native size
+    flip: bool = False  # images: random horizontal flips
+    download: bool = False  # images: let torchvision download a missing set
 
 
 @dataclass
@@ -32,9 +37,14 @@ class PathConfig:
 
 @dataclass
 class ModelConfig:
-    architecture: str = "mlp"
-    hidden: int = 256
-    depth: int = 3
+    architecture: str = "mlp"  # "mlp" (points), "unet" or "wideresnet" (images)
+    hidden: int = 256  # mlp width
+    depth: int = 3  # mlp hidden layers; wideresnet depth (6k + 4)
+    network: str = "mnist5k-cpu"  # unet: a named setting of vpfb.potentials.UNET_CONFIGS
+    head: str = "ae"  # unet: "ae" (the released ½‖x − U(x, t)‖²) or "scalar" (pooled features → linear)
+    widen: int = 10  # wideresnet widen factor
+    conditional: bool = False  # Φ(x, t | c) on the data's class labels
+    label_dropout: float = 0.2  # conditional: probability of the null label during training
     time_varying: bool = True
     parameterisation: str = "energy"  # "energy" (well-conditioned log-density) or "direct" (Φ = network)
 

@@ -7,12 +7,14 @@ import torch
 import yaml
 from torch import Tensor
 
-from vpfb.config import Config
-from vpfb.data import Standardizer, load_data
+from vpfb.config import Config, ConfigError
+from vpfb.data import ImageData, Standardizer, load_data, load_images
 from vpfb.evaluation.density import calibrate_density_t
 from vpfb.losses import TimeSampler, build_loss
-from vpfb.model import EnergyModel, build_potential
+from vpfb.model import IMAGE_ARCHITECTURES, EnergyModel, build_potential
+from vpfb.parameterisation import with_labels
 from vpfb.paths import GaussianPath
+from vpfb.plots import save_image_grid
 from vpfb.training import train
 
 
@@ -27,7 +29,10 @@ def build_loss_from_config(cfg: Config, path: GaussianPath):
 
 def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None,
         progress_bar: bool = True) -> EnergyModel:
-    """Train on cfg.data (or the given points [N, d]) and, when `out` is given, save the run there."""
+    """Train on cfg.data (or the given points [N, d]) and, when `out` is given, save the run there; running it
+    again on the same `out` resumes the run from its last checkpoint."""
+    if cfg.model.architecture in IMAGE_ARCHITECTURES:
+        return fit_images(cfg, out, progress_bar)
     if points is None:
         points, _ = load_data(cfg.data.name, cfg.data.n, cfg.data.seed)
     points = torch.as_tensor(points, dtype=torch.float32)
@@ -55,3 +60,62 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
 
 def write_config(cfg: Config, run: Path) -> None:
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+class ImageBatches:
+    """The trainer's view of image data: batch(index, generator) -> images [B, C, H, W] (flipped at random when
+    asked) or (images, labels) for a conditional model."""
+
+    def __init__(self, data: ImageData, flip: bool, labels: bool):
+        self.data, self.flip, self.labels = data, flip, labels
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, index: Tensor, generator: torch.Generator):
+        x = self.data.batch(index, flip=self.flip, generator=generator)
+        return (x, self.data.labels[index]) if self.labels else x
+
+
+def conditional_loss(loss, null_label: int, dropout: float):
+    """loss(Φ(·, ·, c), x) with each label replaced by the null label with probability `dropout`, so that one
+    network learns Φ(x, t | c) and the unconditional Φ(x, t | ∅)."""
+
+    def loss_fn(potential, batch):
+        x, labels = batch
+        drop = torch.rand(labels.shape, device=labels.device) < dropout
+        return loss(with_labels(potential, torch.where(drop, null_label, labels)), x)
+
+    return loss_fn
+
+
+def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = True) -> EnergyModel:
+    """Train an image potential (U-Net or WideResNet) on cfg.data; sample grids go to out/samples/."""
+    d, m = cfg.data, cfg.model
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={cfg.train.device} but no CUDA GPU is available; add train.device=cpu")
+    data = load_images(d.name, root=d.root or None, image_size=d.image_size or None, download=d.download,
+                       labels=m.conditional)
+    if m.conditional and data.labels is None:
+        raise ConfigError(f"model.conditional needs class labels, and {data.name} has none")
+    potential = build_potential(cfg, data.shape, data.num_classes).to(cfg.train.device)
+    loss = build_loss_from_config(cfg, potential.path)
+    if m.conditional:
+        loss = conditional_loss(loss, data.num_classes, m.label_dropout)
+    run = Path(out) if out is not None else None
+    if run is not None:
+        run.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, run)
+
+    def sample_grid(step: int, ema) -> None:
+        model = EnergyModel(ema, cfg, None, data.shape, data.num_classes)
+        save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)),
+                        run / "samples" / f"step-{step:08d}.png")
+
+    result = train(potential, loss, ImageBatches(data, d.flip, m.conditional), cfg.train, progress_bar=progress_bar,
+                   run_dir=run, callback=sample_grid if run is not None else None)
+    model = EnergyModel(result.ema, cfg, None, data.shape, data.num_classes)
+    if run is not None:
+        model.save(run)
+        save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)), run / "samples.png")
+    return model

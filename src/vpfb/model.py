@@ -3,6 +3,7 @@ user's data units). Weights live in safetensors, metadata in JSON; loading never
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -15,28 +16,67 @@ from vpfb.config import Config, ConfigError, from_dict
 from vpfb.data import Standardizer
 from vpfb.energy import boltzmann
 from vpfb.likelihood import log_likelihood
-from vpfb.parameterisation import parameterise
-from vpfb.paths import build_path
-from vpfb.potentials import MLPPotential, velocity
+from vpfb.parameterisation import parameterise, with_labels
+from vpfb.paths import build_path, expand_like
+from vpfb.potentials import AEEnergy, MLPPotential, ScalarHead, UNet, WideResNetPotential, unet_config, velocity
 from vpfb.sampling import ODESolution, integrate, sample_langevin
 
 WEIGHTS, METADATA, FORMAT = "model.safetensors", "model.json", 1
 
 
-def build_potential(cfg: Config, dim: int) -> nn.Module:
+ARCHITECTURES = ("mlp", "unet", "wideresnet")
+IMAGE_ARCHITECTURES = ("unet", "wideresnet")
+HEADS = {"ae": AEEnergy, "scalar": ScalarHead}
+
+
+def build_network(cfg: Config, shape: tuple[int, ...], num_classes: int | None = None) -> nn.Module:
+    """The scalar network N(x, t[, c]) a config describes, for data of one sample's `shape`."""
+    m = cfg.model
+    if m.architecture not in ARCHITECTURES:
+        raise ConfigError(f"unknown model.architecture {m.architecture!r}; choose one of {ARCHITECTURES}")
+    if (m.architecture == "mlp") != (len(shape) == 1):
+        kind = "points [N, d]" if m.architecture == "mlp" else "images [N, C, H, W]"
+        raise ConfigError(f"model.architecture={m.architecture} takes {kind}, the data has samples of shape {shape}")
+    if m.conditional and m.architecture != "unet":
+        raise ConfigError(f"model.conditional needs model.architecture=unet, got {m.architecture}")
+    if m.architecture == "mlp":
+        return MLPPotential(shape[0], m.hidden, m.depth, m.time_varying)
+    if m.architecture == "wideresnet":
+        if m.time_varying:
+            raise ConfigError("the wideresnet potential is autonomous: set model.time_varying=false")
+        return WideResNetPotential(shape[0], m.depth, m.widen)
+    if m.head not in HEADS:
+        raise ConfigError(f"unknown model.head {m.head!r}; choose one of {sorted(HEADS)}")
+    setting = unet_config(m.network)
+    if (setting["in_channels"], setting["image_size"]) != (shape[0], shape[1]) or shape[1] != shape[2]:
+        raise ConfigError(f"model.network={m.network} takes {setting['in_channels']}×{setting['image_size']}² "
+                          f"images, the data has {shape[0]}×{shape[1]}×{shape[2]} (set data.image_size or choose "
+                          f"another network)")
+    backbone = UNet(**setting, num_classes=num_classes if m.conditional else None, time_varying=m.time_varying,
+                    image_output=m.head == "ae")  # the scalar head reads features: no unused output layers
+    return HEADS[m.head](backbone)
+
+
+def build_potential(cfg: Config, shape: tuple[int, ...] | int, num_classes: int | None = None) -> nn.Module:
     """The potential a config describes: network, path and parameterisation."""
-    if cfg.model.architecture != "mlp":
-        raise ConfigError(f"unknown model.architecture {cfg.model.architecture!r} for points; use 'mlp'")
-    net = MLPPotential(dim, cfg.model.hidden, cfg.model.depth, cfg.model.time_varying)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    net = build_network(cfg, shape, num_classes)
     return parameterise(cfg.model.parameterisation, net, build_path(cfg.path.name, **cfg.path.kwargs()))
 
 
 class EnergyModel:
-    """A trained potential Φ(z, t) on standardised points z = (x − mean)/std, used through x in user units."""
+    """A trained potential Φ(z, t[, c]) on standardised data z = (x − mean)/std, used through x in user units.
+    Points are standardised per column; images are used as they are, in [-1, 1]."""
 
-    def __init__(self, potential: nn.Module, config: Config, standardizer: Standardizer):
-        self.phi, self.config, self.standardizer = potential.eval(), config, standardizer  # Φ as an nn.Module
-        self.dim = standardizer.mean.numel()
+    def __init__(self, potential: nn.Module, config: Config, standardizer: Standardizer | None = None,
+                 shape: tuple[int, ...] | None = None, num_classes: int | None = None):
+        if standardizer is None and shape is None:
+            raise ValueError("an EnergyModel needs the data's standardizer (points) or sample shape (images)")
+        self.phi, self.config = potential.eval(), config  # Φ as an nn.Module
+        self.standardizer = standardizer or Standardizer(torch.zeros(1), torch.ones(1))
+        self.shape = tuple(shape) if shape is not None else (standardizer.mean.numel(),)
+        self.dim = math.prod(self.shape)
+        self.num_classes = num_classes if config.model.conditional else None
         self.path = potential.path
         self.device = next(potential.parameters()).device
 
@@ -50,12 +90,27 @@ class EnergyModel:
     # -- checks and units ------------------------------------------------------------------------------------
     def _z(self, x: Tensor) -> Tensor:
         x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
-        if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"this model was trained on points of dimension {self.dim}; expected shape "
-                             f"[N, {self.dim}], got {tuple(x.shape)}")
+        if tuple(x.shape[1:]) != self.shape or x.dim() < 2:
+            shape = ", ".join(map(str, self.shape))
+            what = f"points of dimension {self.dim}" if len(self.shape) == 1 else f"images of shape ({shape})"
+            raise ValueError(f"this model was trained on {what}; expected shape [N, {shape}], got {tuple(x.shape)}")
         if not torch.isfinite(x).all():
-            raise ValueError(f"input has NaN or inf in {int((~torch.isfinite(x)).any(1).sum())} rows")
+            raise ValueError(f"input has NaN or inf in {int((~torch.isfinite(x)).flatten(1).any(1).sum())} rows")
         return self.standardizer.transform(x)
+
+    def _labelled(self, labels: Tensor | int | None, n: int):
+        """Φ with labels bound: the given ones, or the null label (the unconditional model) when None."""
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError("this model is unconditional; it takes no labels")
+            return self.phi
+        if labels is None:
+            labels = self.num_classes
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).expand(n)
+        if labels.min() < 0 or labels.max() > self.num_classes:
+            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (or {self.num_classes}, the null label), "
+                             f"got {labels.min().item()}..{labels.max().item()}")
+        return with_labels(self.phi, labels)
 
     def _t(self, t: float, n: int) -> Tensor:
         if not 0.0 <= t <= 1.0:
@@ -63,18 +118,18 @@ class EnergyModel:
         return torch.full((n,), float(t), device=self.device)
 
     # -- the energy --------------------------------------------------------------------------------------------
-    def potential(self, x: Tensor, t: float = 1.0) -> Tensor:
+    def potential(self, x: Tensor, t: float = 1.0, labels: Tensor | int | None = None) -> Tensor:
         """Φ(z, t) at the standardised point (the potential lives in standardised coordinates)."""
         z = self._z(x)
         with torch.no_grad():
-            return self.phi(z, self._t(t, len(z)))
+            return self._labelled(labels, len(z))(z, self._t(t, len(z)))
 
-    def velocity(self, x: Tensor, t: float = 1.0) -> Tensor:
+    def velocity(self, x: Tensor, t: float = 1.0, labels: Tensor | int | None = None) -> Tensor:
         """dx/dt in user units: std ⊙ ∇_zΦ(z, t)."""
         z = self._z(x)
-        return velocity(self.phi, z, self._t(t, len(z))) * self.standardizer.std
+        return velocity(self._labelled(labels, len(z)), z, self._t(t, len(z))) * self.standardizer.std
 
-    def log_density(self, x: Tensor, t: float | None = None) -> Tensor:
+    def log_density(self, x: Tensor, t: float | None = None, labels: Tensor | int | None = None) -> Tensor:
         """The energy's log-density in user units, up to a constant: the data smoothed by N(0, (σ/μ)²) at time t,
         log ρ̄ₜ(μ(t) z) + D log μ(t) (default t: config.eval.density_t). At t = 1 on the σ_min = 0 linear path
         this is the data density itself; a t a little below 1 reads ψ where training pins it down best."""
@@ -83,42 +138,62 @@ class EnergyModel:
         if t <= 0:
             raise ValueError(f"the data density is read at t > 0, got {t}")
         with torch.no_grad():
-            return self._log_density_z(z, t) - self.standardizer.log_abs_det()
+            return self._log_density_z(z, t, labels) - self.standardizer.log_abs_det()
 
-    def _log_density_z(self, z: Tensor, t: float) -> Tensor:
+    def _log_density_z(self, z: Tensor, t: float, labels: Tensor | int | None = None) -> Tensor:
         tt = self._t(t, len(z))
         mu = self.path.mu(tt)
-        return self.phi.log_density(mu[:, None] * z, tt) + self.dim * mu.log()
+        return self._labelled(labels, len(z)).log_density(expand_like(mu, z) * z, tt) + self.dim * mu.log()
 
-    def boltzmann(self, x: Tensor, t: float = 1.0, f_inf: float = -1.0, g_inf: float = 1.0) -> Tensor:
+    def boltzmann(self, x: Tensor, t: float = 1.0, f_inf: float = -1.0, g_inf: float = 1.0,
+                  labels: Tensor | int | None = None) -> Tensor:
         """The paper's Φ_B = (4Φ(z, t) + f_∞‖z‖²)/g_∞² (see vpfb.energy.boltzmann for when to trust it)."""
         z = self._z(x)
         with torch.no_grad():
-            return boltzmann(self.phi, z, t, f_inf, g_inf)
+            return boltzmann(self._labelled(labels, len(z)), z, t, f_inf, g_inf)
 
-    def log_likelihood(self, x: Tensor, hutchinson: bool = False, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
+    def log_likelihood(self, x: Tensor, hutchinson: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
+                       labels: Tensor | int | None = None) -> Tensor:
         """Normalised log p(x) of the flow (CNF: log N(z₀) − ∫ΔΦ dt), in user units."""
         z = self._z(x)
-        field = lambda y, t: velocity(self.phi, y, t, create_graph=True)  # noqa: E731
+        phi = self._labelled(labels, len(z))
+        field = lambda y, t: velocity(phi, y, t, create_graph=True)  # noqa: E731
         prior_std = float(self.path.sigma(torch.zeros(1)))  # a number: the path is device-free
         return log_likelihood(field, z, prior_std=prior_std, hutchinson=hutchinson, rtol=rtol, atol=atol) \
             - self.standardizer.log_abs_det()
 
     # -- sampling -----------------------------------------------------------------------------------------------
     def flow(self, n: int, solver: str | None = None, steps: int = 100, save: int | None = None,
-             generator: torch.Generator | None = None, **tolerances) -> ODESolution:
-        """Prior samples carried by dx/dt = ∇Φ from t = 0 to 1; states (and trajectory) in user units."""
-        ev = self.config.eval
-        z0 = float(self.path.sigma(torch.zeros(1))) * torch.randn(n, self.dim, generator=generator).to(self.device)
-        sol = integrate(lambda z, t: velocity(self.phi, z, t), z0, solver=solver or ev.solver, steps=steps,
-                        rtol=tolerances.get("rtol", ev.rtol), atol=tolerances.get("atol", ev.atol), save=save)
+             generator: torch.Generator | None = None, labels: Tensor | int | None = None,
+             **tolerances) -> ODESolution:
+        """Prior samples carried by dx/dt = ∇Φ from t = 0 to 1 (given labels, or the null label, for a conditional
+        model); states (and trajectory) in user units."""
+        z0 = float(self.path.sigma(torch.zeros(1))) * torch.randn(n, *self.shape, generator=generator).to(self.device)
+        return self.flow_from(z0, solver, steps, save, labels, **tolerances)
+
+    def flow_from(self, z0: Tensor, solver: str | None = None, steps: int = 100, save: int | None = None,
+                  labels: Tensor | int | None = None, **tolerances) -> ODESolution:
+        """Given prior points z0 carried from t = 0 to 1; states (and trajectory) in user units."""
+        sol = self._transport(z0.to(self.device), 0.0, 1.0, solver, steps, save, labels, **tolerances)
         inv = self.standardizer.inverse
         return ODESolution(inv(sol.x), sol.nfe, sol.times, None if sol.trajectory is None else inv(sol.trajectory))
 
+    def invert(self, x: Tensor, solver: str | None = None, steps: int = 100, labels: Tensor | int | None = None,
+               **tolerances) -> Tensor:
+        """The prior points z0 that the flow carries to x: the ODE run backwards from t = 1 to 0."""
+        return self._transport(self._z(x), 1.0, 0.0, solver, steps, None, labels, **tolerances).x
+
+    def _transport(self, z: Tensor, t0: float, t1: float, solver: str | None, steps: int, save: int | None,
+                   labels: Tensor | int | None, **tolerances) -> ODESolution:
+        ev = self.config.eval
+        phi = self._labelled(labels, len(z))
+        return integrate(lambda y, t: velocity(phi, y, t), z, t0, t1, solver=solver or ev.solver, steps=steps,
+                         rtol=tolerances.get("rtol", ev.rtol), atol=tolerances.get("atol", ev.atol), save=save)
+
     def sample(self, n: int, solver: str | None = None, steps: int = 100,
-               generator: torch.Generator | None = None, **tolerances) -> Tensor:
+               generator: torch.Generator | None = None, labels: Tensor | int | None = None, **tolerances) -> Tensor:
         """n samples from the flow (adaptive dopri5 by default), in user units."""
-        return self.flow(n, solver, steps, generator=generator, **tolerances).x
+        return self.flow(n, solver, steps, generator=generator, labels=labels, **tolerances).x
 
     def sample_langevin(self, n: int, steps: int = 500, step_size: float = 1e-2, temperature: float = 1.0,
                         target: str = "density", metropolis: bool = False, x0: Tensor | None = None,
@@ -140,7 +215,8 @@ class EnergyModel:
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.phi.state_dict().items()}
         save_file(state, directory / WEIGHTS)
-        meta = {"format": FORMAT, "vpfb_version": __version__, "dim": self.dim, "config": self.config.to_dict(),
+        meta = {"format": FORMAT, "vpfb_version": __version__, "dim": self.dim, "shape": list(self.shape),
+                "num_classes": self.num_classes, "config": self.config.to_dict(),
                 "standardizer": self.standardizer.to_dict()}
         (directory / METADATA).write_text(json.dumps(meta, indent=2))
 
@@ -156,7 +232,8 @@ class EnergyModel:
             meta = json.loads((directory / METADATA).read_text())
             config = from_dict(meta["config"], where=str(directory / METADATA))
             standardizer = Standardizer.from_dict(meta["standardizer"])
-            dim = int(meta["dim"])
+            shape = tuple(int(n) for n in meta.get("shape", [meta["dim"]]))
+            num_classes = meta.get("num_classes")
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{directory / METADATA} is corrupt or not a vpfb model file: {err}") from err
         if meta.get("format") != FORMAT:
@@ -165,12 +242,12 @@ class EnergyModel:
             state = load_file(directory / WEIGHTS)
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{directory / WEIGHTS} is corrupt: {err}") from err
-        potential = build_potential(config, dim)
+        potential = build_potential(config, shape, num_classes)
         try:
             potential.load_state_dict(state)
         except RuntimeError as err:
             raise ValueError(f"{directory / WEIGHTS} does not match the architecture in its config: {err}") from err
-        return cls(potential, config, standardizer).to(device)
+        return cls(potential, config, standardizer, shape, num_classes).to(device)
 
 
 def load(directory: str | Path, device: str | torch.device = "cpu") -> EnergyModel:

@@ -8,6 +8,9 @@ For any Gaussian path the optimal potential satisfies ∇Φ* = f x + ½ g² ∇l
   ψ(x, t) = −‖x‖²/(2v) + μ(t) N(x, t) with v = μ² + σ², and Φ = ½ f‖x‖² + ½ g² ψ, which simplifies to
   Φ = (v̇/4v)‖x‖² + σ(μ̇σ − σ̇μ) N(x, t): finite on all of [0, 1], exact (ψ = log N(0, I)) at t = 0, and equal to
   the optimum for standardised Gaussian data when N = 0. Reading ψ divides by nothing.
+
+A conditional network takes labels as a third argument, N(x, t, c); `with_labels` binds them so that losses and
+samplers, which only know Φ(x, t), use it unchanged.
 """
 from __future__ import annotations
 
@@ -18,6 +21,11 @@ from vpfb.paths import GaussianPath, expand_like, flat_dot
 from vpfb.potentials.base import potential_and_velocity
 
 
+def call_net(net: nn.Module, x: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
+    """N(x, t) for an unconditional network, N(x, t, c) for a conditional one."""
+    return net(x, t) if c is None else net(x, t, c)
+
+
 class DirectPotential(nn.Module):
     """Φ(x, t) = N(x, t); log ρ̄ₜ(x) = (2Φ − f‖x‖²)/g² + C(t)."""
 
@@ -25,14 +33,14 @@ class DirectPotential(nn.Module):
         super().__init__()
         self.net, self.path = net, path
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.net(x, t)
+    def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        return call_net(self.net, x, t, c)
 
     def value_and_velocity(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         return potential_and_velocity(self.net, x, t, create_graph=torch.is_grad_enabled())
 
-    def log_density(self, x: Tensor, t: Tensor) -> Tensor:
-        return (2 * self(x, t) - self.path.f(t) * flat_dot(x, x)) / self.path.g2(t)
+    def log_density(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        return (2 * self(x, t, c) - self.path.f(t) * flat_dot(x, x)) / self.path.g2(t)
 
 
 class EnergyPotential(nn.Module):
@@ -42,9 +50,9 @@ class EnergyPotential(nn.Module):
         super().__init__()
         self.net, self.path = net, path
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         v, dv = self.path.reference_variance(t)
-        return dv / (4 * v) * flat_dot(x, x) + self.path.half_g2_mu(t) * self.net(x, t)
+        return dv / (4 * v) * flat_dot(x, x) + self.path.half_g2_mu(t) * call_net(self.net, x, t, c)
 
     def value_and_velocity(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         v, dv = self.path.reference_variance(t)
@@ -53,9 +61,27 @@ class EnergyPotential(nn.Module):
         e = lambda s: expand_like(s, x)  # noqa: E731
         return dv / (4 * v) * flat_dot(x, x) + c * n, e(dv / (2 * v)) * x + e(c) * grad_n
 
-    def log_density(self, x: Tensor, t: Tensor) -> Tensor:
+    def log_density(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         v, _ = self.path.reference_variance(t)
-        return -flat_dot(x, x) / (2 * v) + self.path.mu(t) * self.net(x, t)
+        return -flat_dot(x, x) / (2 * v) + self.path.mu(t) * call_net(self.net, x, t, c)
+
+
+class LabelledPotential:
+    """Φ(·, ·, c) with the labels c [N] bound: a potential of (x, t) for losses and samplers."""
+
+    def __init__(self, potential: nn.Module, labels: Tensor):
+        self.potential, self.labels = potential, labels
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.potential(x, t, self.labels)
+
+    def log_density(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.potential.log_density(x, t, self.labels)
+
+
+def with_labels(potential: nn.Module, labels: Tensor | None):
+    """The potential itself when labels is None, else the potential with these labels bound."""
+    return potential if labels is None else LabelledPotential(potential, labels)
 
 
 PARAMETERISATIONS = {"direct": DirectPotential, "energy": EnergyPotential}

@@ -57,3 +57,24 @@ def save(fig, path: str | Path) -> Path:
 
 def figure(columns: int, size: float = 3.2):
     return plt.subplots(1, columns, figsize=(size * columns, size))
+
+
+def image_grid(images: Tensor, columns: int | None = None) -> Tensor:
+    """Images [N, C, H, W] in [-1, 1] tiled into one uint8 picture [H', W', C] with 1-pixel gaps."""
+    n, c, h, w = images.shape
+    columns = columns or max(1, int(n**0.5))
+    rows = -(-n // columns)
+    canvas = torch.ones(c, rows * (h + 1) + 1, columns * (w + 1) + 1)
+    for i, img in enumerate(images.detach().float().cpu().clamp(-1, 1)):
+        r, k = divmod(i, columns)
+        canvas[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = img
+    return ((canvas + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
+
+
+def save_image_grid(images: Tensor, path: str | Path, columns: int | None = None) -> Path:
+    """Write an image grid as a PNG (grey for one channel)."""
+    grid = image_grid(images, columns).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+    return path

@@ -45,7 +45,7 @@ def integrate(field: Field, x0: Tensor, t0: float = 0.0, t1: float = 1.0, solver
 
     times = torch.linspace(t0, t1, save or 2, dtype=x0.dtype, device=x0.device)
     if solver in FIXED_STEP:
-        options = {"step_size": (t1 - t0) / steps}
+        options = {"step_size": abs(t1 - t0) / steps}  # torchdiffeq runs a decreasing time grid itself
         path = odeint(counted, x0, times, method=FIXED_STEP[solver], options=options)
     else:
         path = odeint(counted, x0, times, method=solver, rtol=rtol, atol=atol)
