@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from vpfb.config import TrainConfig
 from vpfb.losses import LossOutput
-from vpfb.training import checkpoint
+from vpfb.training import checkpoint, distributed
+from vpfb.training.distributed import World
 
 
 class BatchSource(Protocol):
@@ -80,14 +81,16 @@ def clip_gradients(potential: nn.Module, optimiser: torch.optim.Adam, cfg: Train
     return norm
 
 
-def draw_batch(data: Data, generator: torch.Generator, size: int, device: torch.device):
-    """A random batch: rows of a tensor (on its device), or data.batch(index, generator=...) moved to `device`.
-    Indices come from the CPU `generator`, so its state alone fixes the data position."""
+def draw_batch(data: Data, generator: torch.Generator, size: int, device: torch.device, part: slice = slice(None)):
+    """The rows `part` (this rank's share) of a random batch of `size`: rows of a tensor (on its device), or of
+    data.batch(index, generator=...) moved to `device`. Indices come from the CPU `generator`, so its state alone
+    fixes the data position."""
     index = torch.randint(len(data), (size,), generator=generator)
     if isinstance(data, Tensor):
-        return data[index.to(data.device)]
+        return data[index[part].to(data.device)]
+    # the whole batch, so that its flips, and the generator after them, are those of a single process
     batch = data.batch(index, generator=generator)
-    return batch.to(device) if isinstance(batch, Tensor) else tuple(b.to(device) for b in batch)
+    return batch[part].to(device) if isinstance(batch, Tensor) else tuple(b[part].to(device) for b in batch)
 
 
 class MetricsLog:
@@ -141,8 +144,21 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
     run_dir/metrics.csv (unless `metrics_csv` says otherwise); a run_dir holding checkpoints is resumed from the
     newest intact one, exactly: same batches, same noise, same losses as an uninterrupted run.
     `callback(step, ema_module)` runs every cfg.sample_every steps on a forked RNG, so it never changes training.
+
+    Under torchrun (after distributed.init()) every process calls train with the same arguments, the potential on
+    its own device. cfg.batch_size stays the global batch: every rank draws the same batch from the shared seeded
+    generator and takes its share; the loss's noise (t, ε) comes from torch's RNG seeded cfg.seed + rank; the
+    gradients, loss and logged parts are averaged over the ranks in one all-reduce (distributed.py says why not
+    DDP), so the weights and EMA stay identical on all ranks and equal one process's on the whole batch, up to
+    rounding, for a loss that is a mean over the batch. Rank 0 alone logs, shows progress and writes checkpoints,
+    which hold every rank's RNG state. The callback runs on every rank, so that it can share out sampling
+    (World.sample_sharded); it should write files only where distributed.current().is_main.
     """
     check_train_config(cfg)
+    world = distributed.current()
+    if cfg.batch_size % world.size:
+        raise ValueError(f"train.batch_size={cfg.batch_size} is the global batch and must divide by the "
+                         f"{world.size} processes")
     if len(data) < 2:
         raise ValueError(f"need at least 2 training points, got {len(data)}")
     if not isinstance(data, Tensor) and not callable(getattr(data, "batch", None)):
@@ -151,8 +167,9 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     device = next(potential.parameters()).device
-    torch.manual_seed(cfg.seed)
-    batches = torch.Generator().manual_seed(cfg.seed)
+    world.broadcast_(potential)
+    torch.manual_seed(cfg.seed + world.rank)  # each rank its own noise; rank 0 draws a single process's
+    batches = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: the same global batches
     optimiser = torch.optim.Adam(potential.parameters(), lr=cfg.lr)
     ema = AveragedModel(potential, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)).eval()
     forward = torch.compile(potential) if cfg.compile else potential
@@ -163,32 +180,41 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
     if good is not None:
         checkpoint.restore_weights(good, potential, ema, optimiser)
         checkpoint.restore_rng(good, batches)
-        tqdm.write(f"resuming from {good.source} (step {good.step} of {cfg.steps})", file=sys.stderr)
+        world.restore_rng_states(good.tensors, device, good.source)
+        if world.is_main:
+            tqdm.write(f"resuming from {good.source} (step {good.step} of {cfg.steps})", file=sys.stderr)
     else:
         good = checkpoint.capture(0, 0.0, potential, ema, optimiser, batches, config)
+    world.check_agree(good.step, "the step to resume from (every rank must read the same run_dir)")
     resumed_from = step = good.step
     start = time.perf_counter() - good.seconds  # the clock (time budget, schedule) continues too
-    log = metrics_log(cfg, run_dir, metrics_csv, step)
+    log = metrics_log(cfg, run_dir, metrics_csv, step) if world.is_main else MetricsLog(None, None, step)
     history: list[dict] = []
     failures, first_failure = 0, ""
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress_bar, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress_bar and world.is_main), desc="train",
+               dynamic_ncols=True)
     with log, bar:
         while step < cfg.steps:
             elapsed = time.perf_counter() - start
+            if cfg.time_budget > 0:  # rank 0's clock, so that all ranks use the same lr and stop together
+                elapsed = world.broadcast_value(elapsed)
             if cfg.time_budget > 0 and elapsed >= cfg.time_budget:
                 break
             step += 1
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(cfg, step, elapsed)
-            batch = draw_batch(data, batches, cfg.batch_size, device)
+            batch = draw_batch(data, batches, cfg.batch_size, device, world.shard(cfg.batch_size))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
                 out = loss_fn(forward, batch)
             optimiser.zero_grad(set_to_none=True)
             out.loss.backward()
+            loss, *parts = world.average_gradients(potential, out.loss, *out.parts.values())
+            out = LossOutput(loss, dict(zip(out.parts, parts)))
             grad_norm = clip_gradients(potential, optimiser, cfg)
 
-            # divergence guard: go back to the last good state and skip this batch, a few times in a row at most
+            # divergence guard: go back to the last good state and skip this batch, a few times in a row at most.
+            # The loss and gradients are means over the ranks, non-finite on all ranks if on one: all decide alike.
             if not bool(torch.isfinite(out.loss) & torch.isfinite(grad_norm)):
                 failures += 1
                 first_failure = first_failure or describe_failure(step, out, grad_norm)
@@ -198,8 +224,9 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
                         f"{good.step}. Lower train.lr, raise train.warmup_steps or loss.t_min, or clip gradients "
                         f"(train.grad_clip, train.clip_mode)")
                 checkpoint.restore_weights(good, potential, ema, optimiser)
-                warnings.warn(f"non-finite loss or gradient at step {step}: restored the state of step {good.step} "
-                              f"and skipped this batch ({failures}/{cfg.max_restores})", stacklevel=2)
+                if world.is_main:
+                    warnings.warn(f"non-finite loss or gradient at step {step}: restored the state of step "
+                                  f"{good.step} and skipped this batch ({failures}/{cfg.max_restores})", stacklevel=2)
                 bar.update(1)
                 continue
             failures, first_failure = 0, ""
@@ -217,16 +244,24 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
                 good = checkpoint.capture(step, time.perf_counter() - start, potential, ema, optimiser, batches,
                                           config)
                 if run_dir is not None:
-                    checkpoint.save(good, run_dir, cfg.keep_checkpoints)
+                    save_checkpoint(good, world, device, run_dir, cfg.keep_checkpoints)
             if callback is not None and cfg.sample_every > 0 and step % cfg.sample_every == 0:
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     callback(step, ema.module)
             bar.update(1)
 
     if run_dir is not None and step > good.step:  # the final state, so that a finished run resumes as finished
-        checkpoint.save(checkpoint.capture(step, time.perf_counter() - start, potential, ema, optimiser, batches,
-                                           config), run_dir, cfg.keep_checkpoints)
+        save_checkpoint(checkpoint.capture(step, time.perf_counter() - start, potential, ema, optimiser, batches,
+                                           config), world, device, run_dir, cfg.keep_checkpoints)
     return TrainResult(ema.module, step, time.perf_counter() - start, history, resumed_from)
+
+
+def save_checkpoint(snapshot: checkpoint.Snapshot, world: World, device: torch.device, run_dir: Path,
+                    keep: int) -> None:
+    """Rank 0 writes the snapshot with every rank's RNG state added; all ranks must call it (they gather)."""
+    rng = world.gather_rng_states(device)
+    if world.is_main:
+        checkpoint.save(dataclasses.replace(snapshot, tensors={**snapshot.tensors, **rng}), run_dir, keep)
 
 
 def metrics_log(cfg: TrainConfig, run_dir: Path | None, metrics_csv: Path | None, start_step: int) -> MetricsLog:
