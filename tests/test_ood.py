@@ -1,0 +1,56 @@
+"""OOD metrics against scikit-learn's definitions, and scores from a model."""
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from vpfb.config import load_config
+from vpfb.evaluation.ood import ood_metrics, ood_scores, ood_table
+from vpfb.fit import fit
+
+
+def test_perfect_separation_and_chance():
+    perfect = ood_metrics(torch.linspace(1, 2, 100), torch.linspace(-2, -1, 50))
+    assert perfect == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}
+    g = torch.Generator().manual_seed(0)
+    chance = ood_metrics(torch.randn(20000, generator=g), torch.randn(20000, generator=g))
+    assert abs(chance["auroc"] - 0.5) < 0.01 and abs(chance["fpr95"] - 0.95) < 0.01
+    reverse = ood_metrics(torch.zeros(10), torch.ones(10))
+    assert reverse["auroc"] == 0.0 and reverse["fpr95"] == 1.0
+
+
+def test_auroc_is_sklearns():
+    g = torch.Generator().manual_seed(1)
+    s_in, s_out = torch.randn(300, generator=g) + 0.7, torch.randn(200, generator=g)
+    labels = [1] * 300 + [0] * 200
+    assert ood_metrics(s_in, s_out)["auroc"] == pytest.approx(roc_auc_score(labels, torch.cat([s_in, s_out])))
+    # FPR at 95% TPR by hand: the threshold keeping 95% of in-distribution scores
+    threshold = s_in.sort().values[int(0.05 * 300)]
+    assert ood_metrics(s_in, s_out)["fpr95"] == pytest.approx((s_out >= threshold).double().mean().item())
+
+
+def test_bad_scores_are_refused():
+    with pytest.raises(ValueError, match="NaN"):
+        ood_metrics(torch.tensor([1.0, float("nan")]), torch.zeros(3))
+    with pytest.raises(ValueError, match="both sets"):
+        ood_metrics(torch.tensor([]), torch.zeros(3))
+
+
+def test_a_gaussian_model_scores_far_points_lower(tmp_path):
+    cfg = load_config("toy2d", ["train.steps=300", "model.hidden=32", "eval.calibrate=false"])
+    model = fit(cfg, points=torch.randn(4000, 2, generator=torch.Generator().manual_seed(0)), progress_bar=False)
+    near = torch.randn(200, 2, generator=torch.Generator().manual_seed(1))
+    far = near + 6.0
+    for score in ("log_density", "likelihood", "grad_norm"):
+        s = ood_scores(model, torch.cat([near, far]), score, batch_size=64)
+        assert s.shape == (400,) and s[:200].mean() > s[200:].mean(), score
+    # the paper's Φ_B on the σ_min = 0 linear path: at the optimum Φ(x, 1) = ½‖x‖² + C, so Φ_B = ‖x‖² + C'
+    # ranks far points *higher* (the caveat vpfb.energy.boltzmann documents)
+    x = torch.cat([near, far])
+    phi_b = ood_scores(model, x, "boltzmann") - ood_scores(model, torch.zeros(1, 2), "boltzmann")
+    assert torch.allclose(phi_b, (x**2).sum(1), rtol=0.05, atol=0.5)
+    rows = ood_table(model, near, {"shifted": far}, scores=("log_density",))
+    assert rows[0]["auroc"] > 0.99
+    with pytest.raises(ValueError, match="shape"):
+        ood_table(model, near, {"3-d": torch.randn(5, 3)})
+    with pytest.raises(ValueError, match="unknown OOD score"):
+        ood_scores(model, near, "energy")
