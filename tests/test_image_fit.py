@@ -109,3 +109,21 @@ def test_image_data_errors_are_clear(tmp_path, capsys):
     assert "1×8²" in capsys.readouterr().err
     assert main(["train", "no-such-preset"]) == 2
     assert "unknown preset" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_train_one_run(tmp_path):
+    """The multi-GPU command, on CPU: torchrun -m vpfb train ... with 2 gloo processes writes one run."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "vpfb", "train", "digits-cpu",
+           "--out", str(out), "--steps", "4", "train.batch_size=8", "train.sample_every=0", "train.checkpoint_every=2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "in 2 process(es)" in done.stdout
+    steps = [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # one writer: no step logged twice
+    assert vpfb.load(out).sample(2, solver="euler", steps=2).shape == (2, 1, 8, 8)

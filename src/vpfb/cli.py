@@ -57,14 +57,21 @@ def cmd_train(args) -> None:
     if args.steps:
         cfg.train.steps = args.steps
     out = Path(args.out or Path("runs") / Path(cfg.data.name).stem)
-    if cfg.model.architecture in IMAGE_ARCHITECTURES:
-        from vpfb.fit import fit
+    if cfg.model.architecture not in IMAGE_ARCHITECTURES:
+        return train_and_report(cfg, out)
+    from vpfb.fit import fit
+    from vpfb.training import distributed
 
-        print(f"training {cfg.model.architecture} on {cfg.data.name!r}; run directory {out}")
+    world = distributed.init(cfg.train.device)  # under torchrun: one process per GPU, before the model is built
+    try:
+        if world.is_main:
+            print(f"training {cfg.model.architecture} on {cfg.data.name!r} in {world.size} process(es); "
+                  f"run directory {out}")
         fit(cfg, out)
-        print(f"samples: {out}/samples.png")
-    else:
-        train_and_report(cfg, out)
+        if world.is_main:
+            print(f"samples: {out}/samples.png")
+    finally:
+        distributed.cleanup()
 
 
 def cmd_sample(args) -> None:

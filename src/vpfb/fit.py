@@ -15,7 +15,7 @@ from vpfb.model import IMAGE_ARCHITECTURES, EnergyModel, build_potential
 from vpfb.parameterisation import with_labels
 from vpfb.paths import GaussianPath
 from vpfb.plots import save_image_grid
-from vpfb.training import train
+from vpfb.training import distributed, train
 
 
 def build_loss_from_config(cfg: Config, path: GaussianPath):
@@ -94,8 +94,11 @@ def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = 
     d, m = cfg.data, cfg.model
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={cfg.train.device} but no CUDA GPU is available; add train.device=cpu")
-    data = load_images(d.name, root=d.root or None, image_size=d.image_size or None, download=d.download,
-                       labels=m.conditional)
+    world = distributed.current()  # under torchrun every rank trains; rank 0 downloads, writes and draws
+    if d.download and world.is_main:
+        load_images(d.name, root=d.root or None, image_size=d.image_size or None, download=True)
+    world.barrier()
+    data = load_images(d.name, root=d.root or None, image_size=d.image_size or None, labels=m.conditional)
     if m.conditional and data.labels is None:
         raise ConfigError(f"model.conditional needs class labels, and {data.name} has none")
     potential = build_potential(cfg, data.shape, data.num_classes).to(cfg.train.device)
@@ -103,19 +106,20 @@ def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = 
     if m.conditional:
         loss = conditional_loss(loss, data.num_classes, m.label_dropout)
     run = Path(out) if out is not None else None
-    if run is not None:
+    if run is not None and world.is_main:
         run.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run)
 
     def sample_grid(step: int, ema) -> None:
-        model = EnergyModel(ema, cfg, None, data.shape, data.num_classes)
-        save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)),
-                        run / "samples" / f"step-{step:08d}.png")
+        if world.is_main:
+            model = EnergyModel(ema, cfg, None, data.shape, data.num_classes)
+            save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)),
+                            run / "samples" / f"step-{step:08d}.png")
 
     result = train(potential, loss, ImageBatches(data, d.flip, m.conditional), cfg.train, progress_bar=progress_bar,
                    run_dir=run, callback=sample_grid if run is not None else None)
     model = EnergyModel(result.ema, cfg, None, data.shape, data.num_classes)
-    if run is not None:
+    if run is not None and world.is_main:
         model.save(run)
         save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)), run / "samples.png")
     return model
