@@ -17,3 +17,23 @@ def boltzmann(potential: Potential, x: Tensor, t: float = 1.0, f_inf: float = -1
     """
     tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
     return (4 * potential(x, tt) + f_inf * flat_dot(x, x)) / g_inf**2
+
+
+class CombinedPotential:
+    """Φ(x, t) = Σₖ wₖ Φₖ(x, t), and log ρ(x, t) = Σₖ wₖ log ρₖ(x, t): a product of experts in energy form.
+
+    Every composition of conditional potentials is one: the weighted average Σ wₖΦ(·|cₖ)/Σ wₖ (the paper's),
+    negation Φ(·|a) − λΦ(·|b), and guidance Φ(·|∅) + w(Φ(·|c) − Φ(·|∅)), whose gradient is the guided velocity.
+    """
+
+    def __init__(self, potentials: list, weights: list[float]):
+        if len(potentials) != len(weights) or not potentials:
+            raise ValueError(f"need one weight per potential, got {len(potentials)} potentials and {len(weights)} "
+                             f"weights")
+        self.potentials, self.weights = potentials, [float(w) for w in weights]
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return sum(w * p(x, t) for w, p in zip(self.weights, self.potentials))
+
+    def log_density(self, x: Tensor, t: Tensor) -> Tensor:
+        return sum(w * p.log_density(x, t) for w, p in zip(self.weights, self.potentials))

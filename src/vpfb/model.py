@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from vpfb import __version__
 from vpfb.config import Config, ConfigError, from_dict
 from vpfb.data import Standardizer
-from vpfb.energy import boltzmann
+from vpfb.energy import CombinedPotential, boltzmann
 from vpfb.likelihood import log_likelihood
 from vpfb.parameterisation import parameterise, with_labels
 from vpfb.paths import build_path, expand_like
@@ -98,12 +98,16 @@ class EnergyModel:
             raise ValueError(f"input has NaN or inf in {int((~torch.isfinite(x)).flatten(1).any(1).sum())} rows")
         return self.standardizer.transform(x)
 
-    def _labelled(self, labels: Tensor | int | None, n: int):
-        """Φ with labels bound: the given ones, or the null label (the unconditional model) when None."""
+    def _labelled(self, labels: Tensor | int | dict | None, n: int):
+        """Φ with labels bound: the given ones, the null label (the unconditional model) when None, or for a dict
+        {label: weight} the combination Σ weight·Φ(·|label) (see vpfb.evaluation.composition)."""
         if self.num_classes is None:
             if labels is not None:
-                raise ValueError("this model is unconditional; it takes no labels")
+                raise ValueError("this model is unconditional; it takes no labels (composition needs a model "
+                                 "trained with model.conditional=true)")
             return self.phi
+        if isinstance(labels, dict):
+            return CombinedPotential([self._labelled(c, n) for c in labels], list(labels.values()))
         if labels is None:
             labels = self.num_classes
         labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).expand(n)
@@ -197,15 +201,15 @@ class EnergyModel:
 
     def sample_langevin(self, n: int, steps: int = 500, step_size: float = 1e-2, temperature: float = 1.0,
                         target: str = "density", metropolis: bool = False, x0: Tensor | None = None,
-                        generator: torch.Generator | None = None) -> Tensor:
+                        generator: torch.Generator | None = None, labels: Tensor | int | dict | None = None) -> Tensor:
         """Langevin (or MALA) samples of the energy density exp(log_density) (target="density") or of the paper's
-        exp(Φ_B) (target="boltzmann"). The step size is in standardised units; chains start at x0 (then n is
-        ignored) or at n flow samples."""
-        targets = {"density": lambda z: self._log_density_z(z, self.config.eval.density_t),
-                   "boltzmann": lambda z: boltzmann(self.phi, z)}
+        exp(Φ_B) (target="boltzmann"), for the given labels or composition. The step size is in standardised
+        units; chains start at x0 (then n is ignored) or at n flow samples."""
+        targets = {"density": lambda z: self._log_density_z(z, self.config.eval.density_t, labels),
+                   "boltzmann": lambda z: boltzmann(self._labelled(labels, len(z)), z)}
         if target not in targets:
             raise ValueError(f"unknown Langevin target {target!r}; choose 'density' or 'boltzmann'")
-        z0 = self._z(x0) if x0 is not None else self._z(self.sample(n, generator=generator))
+        z0 = self._z(x0) if x0 is not None else self._z(self.sample(n, generator=generator, labels=labels))
         res = sample_langevin(targets[target], z0, steps, step_size, temperature, metropolis, generator=generator)
         return self.standardizer.inverse(res.x)
 

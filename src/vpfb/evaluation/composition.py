@@ -1,0 +1,29 @@
+"""Compositions of a conditional model's potentials, as `labels` for any EnergyModel method: a dict
+{label: weight} means Φ = Σ weight·Φ(·|label) (vpfb.energy.CombinedPotential). The null label ∅ is
+model.num_classes."""
+from __future__ import annotations
+
+from vpfb.model import EnergyModel
+
+
+def average(labels: list[int], weights: list[float] | None = None) -> dict[int, float]:
+    """The paper's composition Σₖ wₖΦ(·|cₖ) / Σₖ wₖ (equal weights by default): samples that fit every class."""
+    weights = [1.0] * len(labels) if weights is None else list(weights)
+    if len(weights) != len(labels) or not labels or sum(weights) <= 0:
+        raise ValueError(f"need as many positive-sum weights as labels, got {labels} and {weights}")
+    total = sum(weights)
+    return {c: w / total for c, w in zip(labels, weights)}
+
+
+def negate(keep: int, avoid: int, strength: float = 0.5) -> dict[int, float]:
+    """Φ(·|keep) − λΦ(·|avoid): samples of `keep` that look unlike `avoid`."""
+    if keep == avoid:
+        raise ValueError(f"negation needs two different labels, got {keep} twice")
+    return {keep: 1.0, avoid: -strength}
+
+
+def guide(model: EnergyModel, label: int, scale: float) -> dict[int, float]:
+    """Guidance Φ(·|∅) + w(Φ(·|c) − Φ(·|∅)): velocity ∇Φ_∅ + w(∇Φ_c − ∇Φ_∅) (w = 1 is the conditional model)."""
+    if model.num_classes is None:
+        raise ValueError("guidance needs a conditional model (model.conditional=true)")
+    return {label: scale, model.num_classes: 1.0 - scale}

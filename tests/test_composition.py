@@ -1,0 +1,65 @@
+"""Composed potentials: gradients are the weighted sums of the parts; every sampler accepts them."""
+import pytest
+import torch
+
+from vpfb.config import load_config
+from vpfb.energy import CombinedPotential
+from vpfb.evaluation.composition import average, guide, negate
+from vpfb.fit import fit
+from vpfb.potentials import velocity
+
+STEPS = ["train.steps=6", "train.batch_size=8", "train.sample_every=0", "train.checkpoint_every=3",
+         "model.conditional=true", "train.ema=0.0", "train.warmup_steps=0", "train.lr=0.01"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fit(load_config("digits-cpu", STEPS), progress_bar=False)
+
+
+def test_weights():
+    assert average([1, 2], [1.0, 3.0]) == {1: 0.25, 2: 0.75}
+    assert negate(4, 9, 0.3) == {4: 1.0, 9: -0.3}
+    with pytest.raises(ValueError):
+        average([1, 2], [1.0])
+    with pytest.raises(ValueError, match="two different"):
+        negate(4, 4)
+
+
+def test_composed_gradient_is_the_weighted_sum(model):
+    x, t = torch.randn(3, 1, 8, 8), 0.6
+    combo = average([2, 5], [1.0, 3.0])
+    expected = 0.25 * model.velocity(x, t, labels=2) + 0.75 * model.velocity(x, t, labels=5)
+    assert torch.allclose(model.velocity(x, t, labels=combo), expected, atol=1e-5)
+    phi = 0.25 * model.potential(x, t, labels=2) + 0.75 * model.potential(x, t, labels=5)
+    assert torch.allclose(model.potential(x, t, labels=combo), phi, atol=1e-5)
+    guided = model.velocity(x, t, labels=guide(model, 3, 2.0))
+    null, cond = model.velocity(x, t, labels=10), model.velocity(x, t, labels=3)
+    assert torch.allclose(guided, null + 2.0 * (cond - null), atol=1e-4)
+
+
+def test_samplers_accept_compositions(model):
+    combo = negate(1, 7)
+    assert model.sample(2, solver="euler", steps=3, labels=combo).shape == (2, 1, 8, 8)
+    assert model.log_density(torch.randn(2, 1, 8, 8), labels=combo).shape == (2,)
+    for target in ("density", "boltzmann"):  # an explicit energy: Metropolis-corrected chains on the composition
+        x = model.sample_langevin(2, steps=2, step_size=1e-3, x0=torch.randn(2, 1, 8, 8), labels=combo,
+                                  metropolis=True, target=target)
+        assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_generic_combination_and_errors(model):
+    f = lambda x, t: (x**2).sum(1)  # noqa: E731
+    g = lambda x, t: x.sum(1)  # noqa: E731
+    combo = CombinedPotential([f, g], [2.0, -1.0])
+    x = torch.randn(4, 3)
+    assert torch.allclose(velocity(combo, x, torch.zeros(4)), 4 * x - 1)
+    with pytest.raises(ValueError, match="one weight per potential"):
+        CombinedPotential([f], [1.0, 2.0])
+    with pytest.raises(ValueError, match="labels must lie"):
+        model.sample(2, solver="euler", steps=2, labels=average([3, 12]))
+    unconditional = fit(load_config("digits-cpu", STEPS[:4]), progress_bar=False)
+    with pytest.raises(ValueError, match="unconditional"):
+        unconditional.sample(2, solver="euler", steps=2, labels=average([1, 2]))
+    with pytest.raises(ValueError, match="conditional model"):
+        guide(unconditional, 1, 2.0)
