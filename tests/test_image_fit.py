@@ -51,6 +51,11 @@ def test_digits_run_directory_and_handle(digits_run):
         assert out.shape == (3,) and torch.isfinite(out).all()
     # the head at t = 1 on the direct parameterisation: Φ = ½‖x − U(x, 1)‖² ≥ 0
     assert (model.potential(x, 1.0) >= 0).all()
+    images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    bpd, se = model.bits_per_dim(images, generator=torch.Generator().manual_seed(1))
+    assert 0 < bpd < 16 and 0 < se < bpd
+    with pytest.raises(ValueError, match="uint8"):
+        model.bits_per_dim(images.float())
 
 
 def test_image_models_reject_wrong_images_and_labels(digits_run):

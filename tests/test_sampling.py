@@ -111,3 +111,24 @@ def test_langevin_temperature_scales_variance():
     log_p = lambda x: -0.5 * (x**2).sum(1)  # noqa: E731
     res = sample_langevin(log_p, torch.zeros(4000, 1), steps=400, step_size=0.5, temperature=4.0, metropolis=True)
     assert abs(res.x.std().item() - 2.0) < 0.1
+
+
+def test_bits_per_dim_of_an_analytic_gaussian_potential_matches_the_exact_value():
+    """Hutchinson bits/dim of the exact potential for Gaussian "images" (D = 16) lies within 3 standard errors of
+    the exact Gaussian value on the same images; the 8-bit offset D log 127.5 is in both."""
+    from conftest import GaussianTruth
+
+    from vpfb.likelihood import bits_per_dim, log_likelihood
+    from vpfb.paths import LinearPath
+
+    g = torch.Generator().manual_seed(3)
+    truth = GaussianTruth(LinearPath(), torch.linspace(-0.3, 0.3, 16), s=torch.linspace(0.2, 0.5, 16))
+    y = truth.sample_data(400, generator=g)
+    exact, _ = bits_per_dim(truth.log_density(y, torch.ones(400)), 16)
+    estimate, se = bits_per_dim(log_likelihood(truth.velocity, y, hutchinson=True, generator=g, rtol=1e-4,
+                                               atol=1e-4), 16)
+    assert se > 0 and abs(estimate - exact) < 3 * se
+    assert abs(exact - (-truth.log_density(y, torch.ones(400)).mean().item() / 16 + math.log(127.5)) / math.log(2)) \
+        < 1e-6
+    with pytest.raises(ValueError, match="one log-density per image"):
+        bits_per_dim(torch.zeros(1), 16)

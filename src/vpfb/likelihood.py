@@ -71,3 +71,13 @@ def grid_box(x: Tensor, pad: float = 0.25) -> tuple[Tensor, Tensor]:
     low, high = x.min(0).values, x.max(0).values
     margin = pad * (high - low)
     return low - margin, high + margin
+
+
+def bits_per_dim(log_p: Tensor, dim: int, scale: float = 127.5) -> tuple[float, float]:
+    """Mean bits per dimension of dequantised 8-bit images x̃ = x + u (u ~ U[0, 1)) from the log-density log p(y)
+    of y = x̃/scale − 1 ∈ [-1, 1], one value per image: bpd = (−log p(y) + D log scale)/(D ln 2), and its standard
+    error over the images (which includes Hutchinson's noise when log p is estimated with it)."""
+    if log_p.dim() != 1 or len(log_p) < 2:
+        raise ValueError(f"need one log-density per image for at least 2 images, got shape {tuple(log_p.shape)}")
+    bpd = (-log_p.double() + dim * math.log(scale)) / (dim * math.log(2))
+    return bpd.mean().item(), (bpd.std() / math.sqrt(len(bpd))).item()
