@@ -1,4 +1,4 @@
-"""Command line: vpfb train | sample | demo."""
+"""Command line: vpfb train | sample | eval | demo."""
 from __future__ import annotations
 
 import argparse
@@ -102,6 +102,25 @@ def cmd_sample(args) -> None:
     print(f"wrote {args.n} samples to {out}")
 
 
+def cmd_eval(args) -> None:
+    from vpfb.evaluation.tasks import evaluate
+    from vpfb.model import load
+
+    model = load(args.run)
+    out = Path(args.out or Path(args.run) / "eval")
+    options = {"labels": tuple(args.labels)} if args.task == "composition" and args.labels else {}
+    if args.task == "longrun":
+        options = {"t_end": args.t_end, "step_size": args.step_size}
+    result = evaluate(model, args.task, out, args.n, args.seed, **options)
+    if args.task == "ood":
+        print(f"| OOD set | score | AUROC | AUPR | FPR@95 |\n|---|---|---|---|---|")
+        for row in result["rows"]:
+            print(f"| {row['ood']} | {row['score']} | {row['auroc']:.3f} | {row['aupr']:.3f} | {row['fpr95']:.3f} |")
+    elif args.task == "likelihood":
+        print(f"bits/dim {result['bits_per_dim']:.3f} ± {result['standard_error']:.3f} on {result['images']} images")
+    print(f"wrote {out}/{args.task}.json and its pictures")
+
+
 def cmd_demo(args) -> None:
     cfg = load_config("toy2d")
     cfg.train.steps = args.steps
@@ -131,6 +150,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=100, help="steps of a fixed-step solver")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_sample)
+    e = sub.add_parser("eval", help="evaluate a trained image model: a table and a picture per task")
+    e.add_argument("run", help="run directory")
+    e.add_argument("--task", required=True, help="likelihood, ood, interpolation, composition or longrun")
+    e.add_argument("-n", type=int, default=64, help="images used (likelihood, ood) or drawn (pictures)")
+    e.add_argument("--labels", type=int, nargs=2, help="composition: the two classes to compose")
+    e.add_argument("--t-end", type=float, default=20.0, help="longrun: how long to run (the paper's 20)")
+    e.add_argument("--step-size", type=float, default=0.02, help="longrun: the step h (the paper's 0.02)")
+    e.add_argument("--out", help="output folder (default RUN/eval)")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_eval)
     d = sub.add_parser("demo", help="train on two moons and write the paper's 2-D figures")
     d.add_argument("--out", default="demo")
     d.add_argument("--steps", type=int, default=6000)

@@ -78,3 +78,15 @@ def save_image_grid(images: Tensor, path: str | Path, columns: int | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
     return path
+
+
+def save_long_run(runs: dict, path: str | Path) -> Path:
+    """Long-run diagnostics against time: E‖∇Φ‖² (log scale) and EΦ, one line per method."""
+    fig, axes = figure(2)
+    for name, run in runs.items():
+        axes[0].plot(run.times, run.mean_grad_sq, marker="o", label=name)
+        axes[1].plot(run.times, run.mean_phi, marker="o", label=name)
+    axes[0].set(yscale="log", xlabel="t", title="mean ‖∇Φ‖²")
+    axes[1].set(xlabel="t", title="mean Φ")
+    axes[0].legend()
+    return save(fig, path)

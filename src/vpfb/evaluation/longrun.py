@@ -50,7 +50,7 @@ def long_run(potential: Callable[[Tensor, Tensor], Tensor], x0: Tensor, method: 
     for k in range(steps + 1):
         if k in record_at:
             phi, grad = value_and_grad(at_one, x)
-            rows.append((k * step_size, (grad.flatten(1) ** 2).sum(1).mean(), phi.mean(), x))
+            rows.append((k * step_size, (grad.flatten(1) ** 2).sum(1).mean().detach(), phi.mean().detach(), x))
         if k == steps:
             break
         t = torch.full((len(x),), min(k * step_size, 1.0), dtype=x.dtype, device=x.device)

@@ -1,0 +1,109 @@
+"""`vpfb eval RUN --task T`: each task reads a trained image or point model, writes a table (JSON) and a picture
+into the output folder, and returns its numbers. The work is done by the evaluation modules; this file wires."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vpfb.data import load_images
+from vpfb.evaluation.composition import average, negate
+from vpfb.evaluation.interpolation import interpolate
+from vpfb.evaluation.longrun import long_run
+from vpfb.evaluation.ood import ood_table
+from vpfb.model import EnergyModel
+
+
+def run_images(model: EnergyModel, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """n of the run's training images (uint8 and in [-1, 1]), drawn at random."""
+    d = model.config.data
+    data = load_images(d.name, root=d.root or None, image_size=d.image_size or None, labels=False)
+    if data.shape != model.shape:
+        raise ValueError(f"the run's data now loads as {data.shape}, the model takes {model.shape}")
+    index = torch.randperm(len(data), generator=generator)[:n]
+    return data.images[index], data.batch(index)
+
+
+def ood_sets(x: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    """Out-of-distribution images of the same shape, made from nothing but the in-distribution batch x ∈ [-1, 1]:
+    uniform noise, constant images, inverted and rotated images, and scikit-learn's 8×8 digits upscaled."""
+    n, c, h, w = x.shape
+    sets = {"uniform noise": torch.rand(x.shape, generator=generator) * 2 - 1,
+            "constant": (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1).expand_as(x).contiguous(),
+            "inverted": -x, "rotated 90°": torch.rot90(x, 1, (2, 3))}
+    digits = load_images("digits").batch(torch.arange(n) % 1797)
+    sets["digits 8×8 upscaled"] = F.interpolate(digits, size=(h, w), mode="bilinear").expand(n, c, h, w).contiguous()
+    return sets
+
+
+def task_likelihood(model, out, n, generator) -> dict:
+    images, _ = run_images(model, n, generator)
+    bpd, se = model.bits_per_dim(images, generator=generator)
+    return {"images": n, "bits_per_dim": bpd, "standard_error": se}
+
+
+def task_ood(model, out, n, generator) -> dict:
+    _, x = run_images(model, n, generator)
+    rows = ood_table(model, x, ood_sets(x, generator), scores=("boltzmann", "log_density", "grad_norm"))
+    return {"in_distribution": model.config.data.name, "images": n, "rows": rows}
+
+
+def task_interpolation(model, out, n, generator) -> dict:
+    from vpfb.plots import save_image_grid
+
+    images, x = run_images(model, 2 * max(n // 8, 1), generator)
+    rows, energies = [], []
+    for k in range(0, len(x), 2):
+        path = interpolate(model, 8, x[k], x[k + 1]) if k == 0 else interpolate(model, 8, generator=generator)
+        rows.append(path["samples"])
+        energies.append(path["log_density"].tolist())
+    save_image_grid(torch.cat(rows), out / "interpolation.png", columns=8)
+    return {"rows": len(rows), "first_row": "two real images, inverted and interpolated", "log_density": energies}
+
+
+def task_composition(model, out, n, generator, labels: tuple[int, int] = (0, 1)) -> dict:
+    from vpfb.plots import save_image_grid
+
+    a, b = labels
+    specs = {f"class {a}": a, f"class {b}": b, f"average({a}, {b})": average([a, b]), f"{a} not {b}": negate(a, b)}
+    per_row = max(n // len(specs), 1)
+    grids = [model.sample(per_row, labels=spec, generator=torch.Generator().manual_seed(0)) for spec in specs.values()]
+    save_image_grid(torch.cat(grids), out / "composition.png", columns=per_row)
+    return {"rows": list(specs), "samples_per_row": per_row}
+
+
+def task_longrun(model, out, n, generator, t_end: float = 20.0, step_size: float = 0.02) -> dict:
+    from vpfb.plots import save_image_grid, save_long_run
+
+    x0 = torch.randn(n, *model.shape, generator=generator)
+    runs = {m: long_run(model.phi, x0, m, t_end, step_size, generator=generator) for m in ("ode", "sgld", "released")}
+    save_long_run(runs, out / "longrun.png")
+    for name, run in runs.items():
+        save_image_grid(run.snapshots[:, : min(n, 8)].transpose(0, 1).flatten(0, 1), out / f"longrun_{name}.png",
+                        columns=len(run.times))
+    return {m: {"times": r.times.tolist(), "mean_grad_sq": r.mean_grad_sq.tolist(), "mean_phi": r.mean_phi.tolist()}
+            for m, r in runs.items()}
+
+
+TASKS: dict[str, Callable[..., dict]] = {
+    "likelihood": task_likelihood, "ood": task_ood, "interpolation": task_interpolation,
+    "composition": task_composition, "longrun": task_longrun,
+}
+
+
+def evaluate(model: EnergyModel, task: str, out: Path, n: int = 64, seed: int = 0, **options) -> dict:
+    """Run one task on an image model, write out/<task>.json (and its pictures), return the numbers."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    if len(model.shape) != 3:
+        raise ValueError(f"vpfb eval works on image models; this one takes points of dimension {model.dim}")
+    if task == "composition" and model.num_classes is None:
+        raise ValueError("composition needs a conditional model (train with model.conditional=true)")
+    out.mkdir(parents=True, exist_ok=True)
+    result = TASKS[task](model, out, n, torch.Generator().manual_seed(seed), **options)
+    (out / f"{task}.json").write_text(json.dumps(result, indent=2))
+    return result

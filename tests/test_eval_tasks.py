@@ -1,0 +1,56 @@
+"""`vpfb eval` on a small conditional digits model: every task writes its table and pictures."""
+import json
+
+import pytest
+import torch
+
+from vpfb.cli import main
+from vpfb.config import load_config
+from vpfb.evaluation.tasks import ood_sets
+from vpfb.fit import fit
+
+STEPS = ["train.steps=4", "train.batch_size=8", "train.sample_every=0", "train.checkpoint_every=2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval")
+    fit(load_config("digits-cpu", STEPS + ["model.conditional=true", "eval.solver=euler"]), base / "cond",
+        progress_bar=False)
+    fit(load_config("digits-cpu", STEPS + ["eval.solver=euler"]), base / "plain", progress_bar=False)
+    return base
+
+
+@pytest.mark.parametrize("task,pictures", [("likelihood", []), ("ood", []), ("interpolation", ["interpolation.png"]),
+                                           ("composition", ["composition.png"]),
+                                           ("longrun", ["longrun.png", "longrun_sgld.png"])])
+def test_each_task_writes_its_table_and_pictures(runs, task, pictures, capsys):
+    out = runs / f"out-{task}"
+    extra = {"composition": ["--labels", "3", "5"], "longrun": ["--t-end", "2", "--step-size", "0.1"]}.get(task, [])
+    assert main(["eval", str(runs / "cond"), "--task", task, "-n", "8", "--out", str(out), *extra]) == 0
+    result = json.loads((out / f"{task}.json").read_text())
+    for name in pictures:
+        assert (out / name).stat().st_size > 0, name
+    if task == "ood":
+        assert len(result["rows"]) == 3 * 5 and all(0 <= r["auroc"] <= 1 for r in result["rows"])
+        assert "AUROC" in capsys.readouterr().out
+    if task == "likelihood":
+        assert result["bits_per_dim"] > 0 and result["standard_error"] > 0
+    if task == "longrun":
+        assert set(result) == {"ode", "sgld", "released"} and result["sgld"]["times"][-1] == pytest.approx(2.0)
+
+
+def test_ood_sets_match_the_batch():
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    sets = ood_sets(x, torch.Generator().manual_seed(0))
+    assert all(s.shape == x.shape for s in sets.values()) and torch.equal(sets["inverted"], -x)
+    assert sets["constant"].flatten(1).std(1).max() == 0
+
+
+def test_tasks_a_model_cannot_do_are_clear_errors(runs, capsys):
+    assert main(["eval", str(runs / "plain"), "--task", "composition"]) == 2
+    assert "conditional" in capsys.readouterr().err
+    assert main(["eval", str(runs / "plain"), "--task", "fid"]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    assert main(["eval", str(runs / "cond"), "--task", "composition", "--labels", "3", "12"]) == 2
+    assert "labels must lie" in capsys.readouterr().err
