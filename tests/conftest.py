@@ -59,3 +59,25 @@ class GaussianTruth:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+class RowSource:
+    """A batch source over a tensor's rows that flips the sign of random rows with the trainer's generator."""
+
+    def __init__(self, data):
+        self.data, self.generators = data, set()
+
+    def __len__(self):
+        return len(self.data)
+
+    def batch(self, index, generator):
+        self.generators.add(id(generator))
+        flip = torch.rand(len(index), 1, generator=generator) < 0.5
+        return torch.where(flip, -self.data[index], self.data[index])
+
+
+def interrupt_at(stop):
+    def callback(step, ema):
+        if step == stop:
+            raise KeyboardInterrupt
+    return callback

@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import RowSource, interrupt_at
 from safetensors import safe_open
 
 from vpfb.config import TrainConfig
@@ -55,27 +56,6 @@ class FixedNoise:
         t, eps = global_noise(next(self.calls))
         part = distributed.current().shard(BATCH)
         return self.loss(potential, x_bar, t[part], eps[part])
-
-
-class RowSource:
-    """A batch source that flips the sign of random rows with the trainer's generator."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def __len__(self):
-        return len(self.data)
-
-    def batch(self, index, generator):
-        flip = torch.rand(len(index), 1, generator=generator) < 0.5
-        return torch.where(flip, -self.data[index], self.data[index])
-
-
-def interrupt_at(stop):
-    def callback(step, ema):
-        if step == stop:
-            raise KeyboardInterrupt
-    return callback
 
 
 def draw(count, generator):

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import RowSource, interrupt_at
 
 from vpfb.config import TrainConfig
 from vpfb.losses import DeepRitzLoss, LossOutput
@@ -142,28 +143,6 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_caught():
     sqrt_at_zero = lambda pot, x: LossOutput(torch.sqrt((first - first.detach()).sum()))  # noqa: E731 (0, slope ∞)
     with pytest.raises(FloatingPointError, match=r"gradient norm became (inf|nan) \(loss 0.0\) at step 1"):
         train(potential, sqrt_at_zero, data, TrainConfig(steps=3, max_restores=0, grad_clip=0.0), progress_bar=False)
-
-
-class RowSource:
-    """A batch source over a tensor's rows that flips the sign of random rows with the trainer's generator."""
-
-    def __init__(self, data):
-        self.data, self.generators = data, set()
-
-    def __len__(self):
-        return len(self.data)
-
-    def batch(self, index, generator):
-        self.generators.add(id(generator))
-        flip = torch.rand(len(index), 1, generator=generator) < 0.5
-        return torch.where(flip, -self.data[index], self.data[index])
-
-
-def interrupt_at(stop):
-    def callback(step, ema):
-        if step == stop:
-            raise KeyboardInterrupt
-    return callback
 
 
 def test_a_batch_source_is_drawn_with_the_trainers_generator_and_resumes_exactly(tmp_path):
