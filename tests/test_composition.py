@@ -19,7 +19,7 @@ def model():
 
 def test_weights():
     assert average([1, 2], [1.0, 3.0]) == {1: 0.25, 2: 0.75}
-    assert negate(4, 9, 0.3) == {4: 1.0, 9: -0.3}
+    assert negate(4, 9, 0.3) == {4: 1.3, 9: -0.3}
     with pytest.raises(ValueError):
         average([1, 2], [1.0])
     with pytest.raises(ValueError, match="two different"):

@@ -23,7 +23,7 @@ class CombinedPotential:
     """Φ(x, t) = Σₖ wₖ Φₖ(x, t), and log ρ(x, t) = Σₖ wₖ log ρₖ(x, t): a product of experts in energy form.
 
     Every composition of conditional potentials is one: the weighted average Σ wₖΦ(·|cₖ)/Σ wₖ (the paper's),
-    negation Φ(·|a) − λΦ(·|b), and guidance Φ(·|∅) + w(Φ(·|c) − Φ(·|∅)), whose gradient is the guided velocity.
+    negation Φ(·|a) + λ(Φ(·|a) − Φ(·|b)), and guidance Φ(·|∅) + w(Φ(·|c) − Φ(·|∅)), whose gradient is the guided velocity.
     """
 
     def __init__(self, potentials: list, weights: list[float]):

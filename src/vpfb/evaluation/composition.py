@@ -16,10 +16,11 @@ def average(labels: list[int], weights: list[float] | None = None) -> dict[int, 
 
 
 def negate(keep: int, avoid: int, strength: float = 0.5) -> dict[int, float]:
-    """Φ(·|keep) − λΦ(·|avoid): samples of `keep` that look unlike `avoid`."""
+    """Φ(·|keep) + λ(Φ(·|keep) − Φ(·|avoid)): samples of `keep` pushed away from `avoid`. The weights sum to one,
+    so the prior's contraction is kept (Φ_keep − λΦ_avoid alone scales it by 1 − λ and the flow misses the data)."""
     if keep == avoid:
         raise ValueError(f"negation needs two different labels, got {keep} twice")
-    return {keep: 1.0, avoid: -strength}
+    return {keep: 1.0 + strength, avoid: -strength}
 
 
 def guide(model: EnergyModel, label: int, scale: float) -> dict[int, float]:
