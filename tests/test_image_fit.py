@@ -90,6 +90,8 @@ def test_conditional_digits_sample_by_label(tmp_path):
     assert not torch.allclose(phi[0], phi[1]) and not torch.allclose(phi[0], phi[2])
     with pytest.raises(ValueError, match="labels must lie in 0..9"):
         model.potential(x, 0.5, labels=11)
+    with pytest.raises(ValueError, match=r"one per sample \(2\)"):
+        model.potential(x, 0.5, labels=torch.tensor([1, 2, 3]))
 
 
 def test_cli_trains_an_image_preset_and_resumes(tmp_path, capsys):

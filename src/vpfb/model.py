@@ -110,7 +110,10 @@ class EnergyModel:
             return CombinedPotential([self._labelled(c, n) for c in labels], list(labels.values()))
         if labels is None:
             labels = self.num_classes
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).expand(n)
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        if labels.dim() > 1 or (labels.dim() == 1 and len(labels) != n):
+            raise ValueError(f"give one label, or one per sample ({n}), got labels of shape {tuple(labels.shape)}")
+        labels = labels.expand(n)
         if labels.min() < 0 or labels.max() > self.num_classes:
             raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (or {self.num_classes}, the null label), "
                              f"got {labels.min().item()}..{labels.max().item()}")
