@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -81,3 +82,13 @@ def interrupt_at(stop):
         if step == stop:
             raise KeyboardInterrupt
     return callback
+
+
+@pytest.fixture
+def torchvision_without_md5(monkeypatch):
+    """torchvision's datasets with the md5 comparison of CIFAR, SVHN and CelebA reduced to a file-exists check."""
+    torchvision = pytest.importorskip("torchvision")
+    for module in ("cifar", "svhn", "celeba"):
+        monkeypatch.setattr(f"torchvision.datasets.{module}.check_integrity",
+                            lambda path, md5=None: os.path.isfile(path))
+    return torchvision

@@ -6,7 +6,6 @@ import torch
 
 from vpfb.cli import main
 from vpfb.config import load_config
-from vpfb.evaluation.tasks import ood_sets
 from vpfb.fit import fit
 
 STEPS = ["train.steps=4", "train.batch_size=8", "train.sample_every=0", "train.checkpoint_every=2"]
@@ -40,16 +39,11 @@ def test_each_task_writes_its_table_and_pictures(runs, task, pictures, capsys):
         assert set(result) == {"ode", "sgld", "released"} and result["sgld"]["times"][-1] == pytest.approx(2.0)
 
 
-def test_ood_sets_match_the_batch():
-    x = torch.rand(5, 1, 28, 28) * 2 - 1
-    sets = ood_sets(x, torch.Generator().manual_seed(0))
-    assert all(s.shape == x.shape for s in sets.values()) and torch.equal(sets["inverted"], -x)
-    assert sets["constant"].flatten(1).std(1).max() == 0
-
-
 def test_tasks_a_model_cannot_do_are_clear_errors(runs, capsys):
     assert main(["eval", str(runs / "plain"), "--task", "composition"]) == 2
     assert "conditional" in capsys.readouterr().err
+    assert main(["eval", str(runs / "plain"), "--task", "ood", "--protocol", "cifar10"]) == 2
+    assert "use protocol" in capsys.readouterr().err
     assert main(["eval", str(runs / "plain"), "--task", "fid"]) == 2
     assert "unknown task" in capsys.readouterr().err
     assert main(["eval", str(runs / "cond"), "--task", "composition", "--labels", "3", "12"]) == 2

@@ -272,16 +272,6 @@ def test_bad_arguments(tmp_path):
 
 # --- torchvision sets, on fakes in their official formats ---------------------------------------------------------
 
-@pytest.fixture
-def torchvision_without_md5(monkeypatch):
-    """torchvision's datasets with the md5 comparison of CIFAR, SVHN and CelebA reduced to a file-exists check."""
-    torchvision = pytest.importorskip("torchvision")
-    for module in ("cifar", "svhn", "celeba"):
-        monkeypatch.setattr(f"torchvision.datasets.{module}.check_integrity",
-                            lambda path, md5=None: os.path.isfile(path))
-    return torchvision
-
-
 def assert_loaded(data, images, labels, num_classes):
     assert data.images.dtype == torch.uint8
     assert torch.equal(data.images, torch.from_numpy(images))

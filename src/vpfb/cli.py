@@ -111,6 +111,8 @@ def cmd_eval(args) -> None:
     options = {"labels": tuple(args.labels)} if args.task == "composition" and args.labels else {}
     if args.task == "longrun":
         options = {"t_end": args.t_end, "step_size": args.step_size}
+    if args.task == "ood":
+        options = {"protocol": args.protocol, "root": args.data_root, "download": args.download}
     result = evaluate(model, args.task, out, args.n, args.seed, **options)
     if args.task == "ood":
         print(f"| OOD set | score | AUROC | AUPR | FPR@95 |\n|---|---|---|---|---|")
@@ -157,6 +159,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", type=int, nargs=2, help="composition: the two classes to compose")
     e.add_argument("--t-end", type=float, default=20.0, help="longrun: how long to run (the paper's 20)")
     e.add_argument("--step-size", type=float, default=0.02, help="longrun: the step h (the paper's 0.02)")
+    e.add_argument("--protocol", default="synthetic",
+                   help="ood: cifar10 (the paper's: SVHN, CIFAR-100, CelebA, interpolations), mnist, "
+                        "fashion-mnist, or synthetic (the run's data against noise, constant, inverted, rotated)")
+    e.add_argument("--data-root", help="ood: where the protocol's sets live (default: the run's data.root, "
+                                       "$VPFB_DATA)")
+    e.add_argument("--download", action="store_true", help="ood: let torchvision fetch missing sets")
     e.add_argument("--out", help="output folder (default RUN/eval)")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_eval)

@@ -7,37 +7,31 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from vpfb.data import load_images
+from vpfb.data import ImageData, load_images
 from vpfb.evaluation.composition import average, negate
 from vpfb.evaluation.interpolation import interpolate
 from vpfb.evaluation.longrun import long_run
 from vpfb.evaluation.ood import ood_table
+from vpfb.evaluation.ood_sets import PROTOCOLS, protocol_sets
 from vpfb.model import EnergyModel
 
 
-def run_images(model: EnergyModel, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """n of the run's training images (uint8 and in [-1, 1]), drawn at random."""
+def run_data(model: EnergyModel) -> ImageData:
+    """The run's training images, checked against the model's shape."""
     d = model.config.data
     data = load_images(d.name, root=d.root or None, image_size=d.image_size or None, labels=False)
     if data.shape != model.shape:
         raise ValueError(f"the run's data now loads as {data.shape}, the model takes {model.shape}")
+    return data
+
+
+def run_images(model: EnergyModel, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """n of the run's training images (uint8 and in [-1, 1]), drawn at random."""
+    data = run_data(model)
     index = torch.randperm(len(data), generator=generator)[:n]
     return data.images[index], data.batch(index)
-
-
-def ood_sets(x: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-    """Out-of-distribution images of the same shape, made from nothing but the in-distribution batch x ∈ [-1, 1]:
-    uniform noise, constant images, inverted and rotated images, and scikit-learn's 8×8 digits upscaled."""
-    n, c, h, w = x.shape
-    sets = {"uniform noise": torch.rand(x.shape, generator=generator) * 2 - 1,
-            "constant": (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1).expand_as(x).contiguous(),
-            "inverted": -x, "rotated 90°": torch.rot90(x, 1, (2, 3))}
-    digits = load_images("digits").batch(torch.arange(n) % 1797)
-    sets["digits 8×8 upscaled"] = F.interpolate(digits, size=(h, w), mode="bilinear").expand(n, c, h, w).contiguous()
-    return sets
 
 
 def task_likelihood(model, out, n, generator) -> dict:
@@ -46,10 +40,14 @@ def task_likelihood(model, out, n, generator) -> dict:
     return {"images": n, "bits_per_dim": bpd, "standard_error": se}
 
 
-def task_ood(model, out, n, generator) -> dict:
-    _, x = run_images(model, n, generator)
-    rows = ood_table(model, x, ood_sets(x, generator), scores=("boltzmann", "log_density", "grad_norm"))
-    return {"in_distribution": model.config.data.name, "images": n, "rows": rows}
+def task_ood(model, out, n, generator, protocol: str = "synthetic", root: str | None = None,
+             download: bool = False) -> dict:
+    own = run_data(model) if PROTOCOLS.get(protocol) and PROTOCOLS[protocol].in_distribution is None else None
+    x, sets = protocol_sets(protocol, model.shape, n, root=root or model.config.data.root or None,
+                            generator=generator, download=download, own=own)
+    rows = ood_table(model, x, sets, scores=("boltzmann", "log_density", "grad_norm"))
+    return {"protocol": protocol, "in_distribution": model.config.data.name if own else protocol, "images": n,
+            "rows": rows}
 
 
 def task_interpolation(model, out, n, generator) -> dict:
