@@ -44,7 +44,11 @@ def test_tasks_a_model_cannot_do_are_clear_errors(runs, capsys):
     assert "conditional" in capsys.readouterr().err
     assert main(["eval", str(runs / "plain"), "--task", "ood", "--protocol", "cifar10"]) == 2
     assert "use protocol" in capsys.readouterr().err
-    assert main(["eval", str(runs / "plain"), "--task", "fid"]) == 2
+    assert main(["eval", str(runs / "plain"), "--task", "nope"]) == 2
     assert "unknown task" in capsys.readouterr().err
+    assert main(["eval", str(runs / "plain"), "--task", "fid", "--extractor", "clip"]) == 2
+    assert "clip" in capsys.readouterr().err
+    assert main(["eval", str(runs / "plain"), "--task", "fid", "--extractor", "mnist"]) == 2
+    assert "extractor_path" in capsys.readouterr().err
     assert main(["eval", str(runs / "cond"), "--task", "composition", "--labels", "3", "12"]) == 2
     assert "labels must lie" in capsys.readouterr().err

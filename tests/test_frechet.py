@@ -84,7 +84,7 @@ def test_grows_monotonically_with_added_noise():
     (torch.zeros(1, 3), torch.zeros(5, 3), "feats_a has 1 sample"),
     (torch.zeros(5, 3), torch.zeros(0, 3), "feats_b has 0 sample"),
     (torch.zeros(5), torch.zeros(5, 1), r"feats_a must be a \[N, d\] matrix"),
-    (torch.zeros(5, 3), torch.zeros(5, 4), "differ in dimension: feats_a has 3, feats_b 4"),
+    (torch.zeros(5, 3), torch.zeros(5, 4), "differ in dimension: 3 and 4"),
     (torch.tensor([[0.0], [float("nan")]]), torch.zeros(5, 1), "NaN or inf in 1 rows"),
 ])
 def test_bad_features_raise(a, b, message):

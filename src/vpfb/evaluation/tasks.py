@@ -11,6 +11,7 @@ from torch import Tensor
 
 from vpfb.data import ImageData, load_images
 from vpfb.evaluation.composition import average, negate
+from vpfb.evaluation.fid import STANDARD_SAMPLES, task_fid
 from vpfb.evaluation.interpolation import interpolate
 from vpfb.evaluation.longrun import long_run
 from vpfb.evaluation.ood import ood_table
@@ -88,7 +89,7 @@ def task_longrun(model, out, n, generator, t_end: float = 20.0, step_size: float
 
 
 TASKS: dict[str, Callable[..., dict]] = {
-    "likelihood": task_likelihood, "ood": task_ood, "interpolation": task_interpolation,
+    "fid": task_fid, "likelihood": task_likelihood, "ood": task_ood, "interpolation": task_interpolation,
     "composition": task_composition, "longrun": task_longrun,
 }
 
