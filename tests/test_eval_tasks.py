@@ -20,7 +20,7 @@ def runs(tmp_path_factory):
     return base
 
 
-@pytest.mark.parametrize("task,pictures", [("likelihood", []), ("ood", []), ("interpolation", ["interpolation.png"]),
+@pytest.mark.parametrize("task,pictures", [("likelihood", []), ("ood", ["ood.png"]), ("interpolation", ["interpolation.png"]),
                                            ("composition", ["composition.png"]),
                                            ("longrun", ["longrun.png", "longrun_sgld.png"])])
 def test_each_task_writes_its_table_and_pictures(runs, task, pictures, capsys):

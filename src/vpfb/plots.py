@@ -90,3 +90,19 @@ def save_long_run(runs: dict, path: str | Path) -> Path:
     axes[1].set(xlabel="t", title="mean Φ")
     axes[0].legend()
     return save(fig, path)
+
+
+def save_score_histograms(scored: dict[str, dict[str, Tensor]], path: str | Path) -> Path:
+    """One panel per score: histograms of the in-distribution scores and of every OOD set's (higher = more
+    in-distribution), on a shared range clipped to the 1st–99th percentiles so that one far set keeps the rest
+    readable."""
+    fig, axes = figure(len(scored), size=3.6)
+    for ax, (score, sets) in zip(axes if len(scored) > 1 else [axes], scored.items()):
+        pooled = torch.cat([s.double() for s in sets.values()])
+        low, high = (torch.quantile(pooled, q).item() for q in (0.01, 0.99))
+        for name, values in sets.items():
+            ax.hist(values.double().clamp(low, high).numpy(), bins=40, range=(low, high), histtype="step",
+                    density=True, label=name, linewidth=2 if name == "in-distribution" else 1)
+        ax.set(title=score, xlabel="score (higher = in-distribution)")
+    (axes[0] if len(scored) > 1 else axes).legend(fontsize=7)
+    return save(fig, path)

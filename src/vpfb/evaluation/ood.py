@@ -42,15 +42,27 @@ def ood_metrics(scores_in: Tensor, scores_out: Tensor) -> dict[str, float]:
             "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")])}
 
 
+IN_DISTRIBUTION = "in-distribution"
+
+
+def score_sets(model: EnergyModel, x_in: Tensor, x_out: dict[str, Tensor], scores: tuple[str, ...] = ("boltzmann",),
+               t: float | None = None) -> dict[str, dict[str, Tensor]]:
+    """{score: {"in-distribution": scores of x_in, OOD set name: its scores}}; all sets must match the model."""
+    for name, x in x_out.items():
+        if tuple(x.shape[1:]) != model.shape:
+            raise ValueError(f"OOD set {name!r} has samples of shape {tuple(x.shape[1:])}; the model takes "
+                             f"{model.shape}: resize it first")
+    return {score: {IN_DISTRIBUTION: ood_scores(model, x_in, score, t),
+                    **{name: ood_scores(model, x, score, t) for name, x in x_out.items()}} for score in scores}
+
+
+def table_of(scored: dict[str, dict[str, Tensor]]) -> list[dict]:
+    """Rows {ood set, score, auroc, aupr, fpr95} of every OOD set under every score of `score_sets`' result."""
+    return [{"ood": name, "score": score, **ood_metrics(sets[IN_DISTRIBUTION], s_out)}
+            for score, sets in scored.items() for name, s_out in sets.items() if name != IN_DISTRIBUTION]
+
+
 def ood_table(model: EnergyModel, x_in: Tensor, x_out: dict[str, Tensor], scores: tuple[str, ...] = ("boltzmann",),
               t: float | None = None) -> list[dict]:
     """Rows {ood set, score, auroc, aupr, fpr95} for every OOD set and score; all sets must match the model."""
-    rows = []
-    for score in scores:
-        s_in = ood_scores(model, x_in, score, t)
-        for name, x in x_out.items():
-            if tuple(x.shape[1:]) != model.shape:
-                raise ValueError(f"OOD set {name!r} has samples of shape {tuple(x.shape[1:])}; the model takes "
-                                 f"{model.shape}: resize it first")
-            rows.append({"ood": name, "score": score, **ood_metrics(s_in, ood_scores(model, x, score, t))})
-    return rows
+    return table_of(score_sets(model, x_in, x_out, scores, t))

@@ -14,7 +14,7 @@ from vpfb.evaluation.composition import average, negate
 from vpfb.evaluation.fid import STANDARD_SAMPLES, task_fid
 from vpfb.evaluation.interpolation import interpolate
 from vpfb.evaluation.longrun import long_run
-from vpfb.evaluation.ood import ood_table
+from vpfb.evaluation.ood import score_sets, table_of
 from vpfb.evaluation.ood_sets import PROTOCOLS, protocol_sets
 from vpfb.model import EnergyModel
 
@@ -46,9 +46,12 @@ def task_ood(model, out, n, generator, protocol: str = "synthetic", root: str | 
     own = run_data(model) if PROTOCOLS.get(protocol) and PROTOCOLS[protocol].in_distribution is None else None
     x, sets = protocol_sets(protocol, model.shape, n, root=root or model.config.data.root or None,
                             generator=generator, download=download, own=own)
-    rows = ood_table(model, x, sets, scores=("boltzmann", "log_density", "grad_norm"))
+    from vpfb.plots import save_score_histograms
+
+    scored = score_sets(model, x, sets, scores=("boltzmann", "log_density", "grad_norm"))
+    save_score_histograms(scored, out / "ood.png")
     return {"protocol": protocol, "in_distribution": model.config.data.name if own else protocol, "images": n,
-            "rows": rows}
+            "rows": table_of(scored)}
 
 
 def task_interpolation(model, out, n, generator) -> dict:
