@@ -105,20 +105,29 @@ def cmd_sample(args) -> None:
 def cmd_eval(args) -> None:
     from vpfb.evaluation.tasks import STANDARD_SAMPLES, evaluate
     from vpfb.model import load
+    from vpfb.training import distributed
 
-    model = load(args.run)
-    out = Path(args.out or Path(args.run) / "eval")
-    options = {"labels": tuple(args.labels)} if args.task == "composition" and args.labels else {}
-    if args.task == "longrun":
-        options = {"t_end": args.t_end, "step_size": args.step_size}
-    if args.task == "ood":
-        options = {"protocol": args.protocol, "root": args.data_root, "download": args.download}
-    if args.task == "fid":
-        options = {"extractor": args.extractor, "extractor_path": args.extractor_path, "solver": args.solver,
-                   "steps": args.steps, "cache_dir": args.cache_dir}
-    if args.n is None:
-        args.n = STANDARD_SAMPLES if args.task == "fid" else 64
-    result = evaluate(model, args.task, out, args.n, args.seed, **options)
+    world = distributed.init(args.device)  # under torchrun: one process per GPU; fid shares its samples out
+    try:
+        if world.size > 1 and args.task != "fid":
+            raise ValueError(f"only --task fid shares its work among processes; run --task {args.task} as one")
+        model = load(args.run, world.device if world.size > 1 else args.device)
+        out = Path(args.out or Path(args.run) / "eval")
+        options = {"labels": tuple(args.labels)} if args.task == "composition" and args.labels else {}
+        if args.task == "longrun":
+            options = {"t_end": args.t_end, "step_size": args.step_size}
+        if args.task == "ood":
+            options = {"protocol": args.protocol, "root": args.data_root, "download": args.download}
+        if args.task == "fid":
+            options = {"extractor": args.extractor, "extractor_path": args.extractor_path, "solver": args.solver,
+                       "steps": args.steps, "cache_dir": args.cache_dir}
+        if args.n is None:
+            args.n = STANDARD_SAMPLES if args.task == "fid" else 64
+        result = evaluate(model, args.task, out, args.n, args.seed, **options)
+    finally:
+        distributed.cleanup()
+    if not world.is_main:
+        return
     if args.task == "ood":
         print(f"| OOD set | score | AUROC | AUPR | FPR@95 |\n|---|---|---|---|---|")
         for row in result["rows"]:
@@ -180,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", help="ood: where the protocol's sets live (default: the run's data.root, "
                                        "$VPFB_DATA)")
     e.add_argument("--download", action="store_true", help="ood: let torchvision fetch missing sets")
+    e.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each process's own GPU)")
     e.add_argument("--out", help="output folder (default RUN/eval)")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_eval)

@@ -17,6 +17,7 @@ from vpfb.evaluation.longrun import long_run
 from vpfb.evaluation.ood import score_sets, table_of
 from vpfb.evaluation.ood_sets import PROTOCOLS, protocol_sets
 from vpfb.model import EnergyModel
+from vpfb.training import distributed
 
 
 def run_data(model: EnergyModel) -> ImageData:
@@ -107,5 +108,6 @@ def evaluate(model: EnergyModel, task: str, out: Path, n: int = 64, seed: int = 
         raise ValueError("composition needs a conditional model (train with model.conditional=true)")
     out.mkdir(parents=True, exist_ok=True)
     result = TASKS[task](model, out, n, torch.Generator().manual_seed(seed), **options)
-    (out / f"{task}.json").write_text(json.dumps(result, indent=2))
+    if distributed.current().is_main:  # fid runs on every process of a torchrun
+        (out / f"{task}.json").write_text(json.dumps(result, indent=2))
     return result
