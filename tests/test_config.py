@@ -33,3 +33,16 @@ def test_bad_sources():
         load_config("nowhere.yaml")
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["steps=3"])
+
+
+@pytest.mark.parametrize("preset,override", [("digits-cpu", "loss.partition_weight=0.1"),
+                                             ("toy2d", "loss.name=released")])
+def test_partition_term_only_where_it_works(preset, override):
+    """The partition term needs few dimensions and adds to the Deep Ritz loss: images or the released loss with a
+    non-zero weight are refused by name (the image presets set it to 0)."""
+    from vpfb.fit import build_loss_from_config
+    from vpfb.paths import LinearPath
+
+    build_loss_from_config(load_config(preset), LinearPath())  # the preset itself is fine
+    with pytest.raises(ConfigError, match="partition_weight"):
+        build_loss_from_config(load_config(preset, [override]), LinearPath())

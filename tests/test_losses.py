@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import GaussianTruth
-from vpfb.losses import DeepRitzLoss, ReleasedVAPOLoss, TimeSampler, build_loss, time_weight
+from vpfb.likelihood import grid_log_normaliser
+from vpfb.losses import DeepRitzLoss, PartitionTerm, ReleasedVAPOLoss, TimeSampler, build_loss, time_weight
 from vpfb.parameterisation import DirectPotential, EnergyPotential, parameterise
 from vpfb.paths import LinearPath, LogHomotopyPath
 from vpfb.potentials import MLPPotential, potential_and_velocity
@@ -112,6 +113,49 @@ def test_time_weights_on_the_linear_path():
     torch.testing.assert_close(time_weight("sigma2", LinearPath(), t), (1 - t) ** 2)
 
 
+def test_partition_term_of_the_true_log_density_is_its_entropy_and_a_spurious_bump_costs():
+    """With ψ = log ρ̄ₜ + c, L_Z = log Z − E ψ is the entropy ½ Σ log(2πe vᵢ) whatever c; lifting ψ by 10 where
+    ρ̄ₜ has little mass (‖x‖ > 3, reached by the N(0, 2²I) proposals) raises it by exactly the KL divergence,
+    log E_ρ[e^lift] − E_ρ[lift], here computed on a grid."""
+    path = LinearPath()
+    truth = GaussianTruth(path, [0.5, -0.5], [0.6, 1.2]).double()
+    term = PartitionTerm(scale=2.0, times=1, samples=200_000)
+    torch.manual_seed(0)
+    y, t_y, log_q = term.proposals(torch.zeros(1, 2, dtype=torch.float64), 1 - 1e-5)
+    t = t_y[:1].expand(200_000)
+    x = truth.sample_marginal(200_000, t[0].item())
+    psi = lambda z, tt: truth.log_density(z, tt) + 7.0  # noqa: E731  any constant
+    lift = lambda z: 10 * torch.sigmoid(8 * (z.norm(dim=1) - 3))  # noqa: E731
+    _, _, v, _ = truth._coeffs(t[:1])
+    entropy = 0.5 * torch.log(2 * math.pi * math.e * v).sum().item()
+    assert term(psi(x, t), t, psi(y, t_y), log_q).item() == pytest.approx(entropy, abs=0.02)
+    box = torch.tensor([-10.0, -10.0], dtype=torch.float64), torch.tensor([10.0, 10.0], dtype=torch.float64)
+    log_mean_exp_lift = grid_log_normaliser(lambda z: psi(z.double(), t[:1].expand(len(z))) - 7.0 + lift(z.double()),
+                                            *box, 800).item()
+    kl = log_mean_exp_lift - lift(x).mean().item()
+    assert kl > 0.5  # the lift is worth detecting
+    gap = term(psi(x, t) + lift(x), t, psi(y, t_y) + lift(y), log_q).item() - entropy
+    assert gap == pytest.approx(kl, abs=0.1)
+
+
+def test_partition_term_shares_the_ritz_network_call():
+    """DeepRitzLoss(partition_weight=λ) = the Ritz loss on the same (t, ε) + λ·L_Z, L_Z read from the same Φ and
+    equal to the term computed from the potential's own log_density on the same proposals."""
+    path = LinearPath()
+    potential = EnergyPotential(MLPPotential(2, hidden=16, depth=2), path)
+    x_bar, t, eps = mixture(64), torch.rand(64) * 0.98 + 0.01, torch.randn(64, 2)
+    plain, with_term = DeepRitzLoss(path), DeepRitzLoss(path, partition_weight=0.5)
+    torch.manual_seed(1)
+    out = with_term(potential, x_bar, t, eps)
+    torch.manual_seed(1)
+    y, t_y, log_q = with_term.partition.proposals(x_bar, 1 - 1e-5)
+    x_t = path.sample(x_bar, t, eps).x_t
+    nll = with_term.partition(potential.log_density(x_t, t), t, potential.log_density(y, t_y), log_q)
+    assert out.parts["partition_nll"].item() == pytest.approx(nll.item(), abs=1e-4)
+    assert out.loss.item() == pytest.approx(plain(potential, x_bar, t, eps).loss.item() + 0.5 * nll.item(), abs=1e-4)
+    assert (t_y >= with_term.partition.t_low).all()
+
+
 def test_released_loss_runs_and_reports_its_parts():
     path = LinearPath()
     potential = DirectPotential(MLPPotential(2, hidden=16, depth=2), path)
@@ -129,6 +173,10 @@ def test_bad_loss_options_are_rejected():
         DeepRitzLoss(LinearPath(), weight="edm")
     with pytest.raises(ValueError, match="snr_floor"):
         DeepRitzLoss(LinearPath(), snr_floor=0.0)
+    with pytest.raises(ValueError, match="partition_weight"):
+        DeepRitzLoss(LinearPath(), partition_weight=-1.0)
+    with pytest.raises(ValueError, match="partition term"):
+        PartitionTerm(scale=0.0)
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("dsm", LinearPath())
     with pytest.raises(ValueError, match="parameterisation"):

@@ -20,10 +20,17 @@ from vpfb.training import distributed, train
 
 def build_loss_from_config(cfg: Config, path: GaussianPath):
     sampler = TimeSampler(cfg.loss.time_sampling, cfg.loss.t_min)
+    if cfg.loss.partition_weight and cfg.model.architecture in IMAGE_ARCHITECTURES:
+        raise ConfigError("loss.partition_weight is for point data (importance sampling of the partition function "
+                          "fails in image dimensions): set loss.partition_weight=0")
+    if cfg.loss.partition_weight and cfg.loss.name != "deep_ritz":
+        raise ConfigError(f"loss.partition_weight adds a term to the Deep Ritz loss, not to loss.name="
+                          f"{cfg.loss.name!r}: set loss.partition_weight=0")
     if cfg.loss.name == "deep_ritz":
         return build_loss("deep_ritz", path, estimator=cfg.loss.estimator, weight=cfg.loss.weight,
                           time_sampler=sampler, control_variate=cfg.loss.control_variate,
-                          snr_floor=cfg.loss.snr_floor)
+                          snr_floor=cfg.loss.snr_floor, partition_weight=cfg.loss.partition_weight,
+                          partition_scale=cfg.loss.partition_scale)
     return build_loss(cfg.loss.name, path, time_sampler=sampler)
 
 

@@ -7,6 +7,7 @@ J_t[Φ] = E[½‖∇Φ‖² − ∇Φ·u] (the "pathwise" estimator, same expect
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -57,30 +58,80 @@ def time_weight(name: str, path: GaussianPath, t: Tensor, floor: float = 0.05) -
     raise ValueError(f"unknown time weight {name!r}; choose 'snr', 'uniform', 'sigma2' or 'dsm'")
 
 
+class PartitionTerm:
+    """The negative log-likelihood of the path's samples under exp(ψ)/Z, ψ = log ρ̄ₜ read from Φ:
+
+    L_Z = E_t[log Z_t] − E_{t, x ~ ρ_t}[ψ(x, t)],  Z_t = ∫ exp ψ(x, t) dx ≈ (1/M) Σ_j exp ψ(y_j, t) / q(y_j),
+
+    y_j ~ q = N(0, s²I), at `times` shared times per batch, uniform in [t_low, 1), with M = `samples` proposals
+    each. Its minimiser over ψ is log ρ̄ₜ + C(t), the Deep Ritz loss's own, so it moves no optimum; but the Ritz loss
+    sees Φ only where ρ_t has mass, and late in t that is a thin shell around the data: the network is free to grow
+    ψ elsewhere (far corners of a 2-D box, measured after long training) and the read-out stops being a density.
+    The proposals reach there. Early times, whose ρ_t is broad, are left to the Ritz loss alone (there the extra
+    gradient noise only slowed the velocity's convergence). Importance sampling of Z needs few dimensions: this is
+    for point data, not images.
+    """
+
+    def __init__(self, scale: float = 2.0, times: int = 4, samples: int = 64, t_low: float = 0.5):
+        if scale <= 0 or times < 1 or samples < 2 or not 0 <= t_low < 1:
+            raise ValueError(f"partition term: need scale > 0, times ≥ 1, samples ≥ 2, t_low in [0, 1); got "
+                             f"{scale}, {times}, {samples}, {t_low}")
+        self.scale, self.times, self.samples, self.t_low = scale, times, samples, t_low
+
+    def proposals(self, like: Tensor, t_max: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Points y [K·M, ...] ~ N(0, s²I), their times (K values in [t_low, t_max], each repeated M times) and
+        log q(y)."""
+        n, dim = self.times * self.samples, like[0].numel()
+        y = self.scale * torch.randn(n, *like.shape[1:], device=like.device, dtype=like.dtype)
+        t = self.t_low + (t_max - self.t_low) * torch.rand(self.times, device=like.device, dtype=like.dtype)
+        t = t.repeat_interleave(self.samples)
+        log_q = -0.5 * flat_dot(y, y) / self.scale**2 - 0.5 * dim * math.log(2 * math.pi * self.scale**2)
+        return y, t, log_q
+
+    def __call__(self, psi_data: Tensor, t_data: Tensor, psi_proposals: Tensor, log_q: Tensor) -> Tensor:
+        """L_Z from ψ at the batch's path samples (times t_data; those before t_low are left out, so that both
+        terms see the same times) and at the proposals."""
+        log_w = (psi_proposals - log_q).view(self.times, self.samples)
+        log_z = torch.logsumexp(log_w, dim=1) - math.log(self.samples)
+        late = (t_data >= self.t_low).to(psi_data.dtype)
+        return log_z.mean() - (late * psi_data).sum() / late.sum().clamp_min(1)
+
+
 class DeepRitzLoss:
     """L = E_{t, x̄, ε} w(t) [½‖∇Φ(x_t, t)‖² − linear term], linear term γΦ ("covariance") or ∇Φ·u ("pathwise").
     control_variate=True makes the covariance term γ(Φ(x_t, t) − Φ(μx̄, t)): same mean, lower variance.
+    partition_weight λ > 0 adds λ·L_Z (`PartitionTerm`), computed in the same network call as the Ritz term.
 
     Both estimate the same objective, whose minimiser over gradient fields is the marginal velocity E[u | x, t].
     """
 
     def __init__(self, path: GaussianPath, estimator: str = "pathwise", weight: str = "snr",
-                 time_sampler: TimeSampler | None = None, control_variate: bool = False, snr_floor: float = 0.05):
+                 time_sampler: TimeSampler | None = None, control_variate: bool = False, snr_floor: float = 0.05,
+                 partition_weight: float = 0.0, partition_scale: float = 2.0):
         if estimator not in ("pathwise", "covariance"):
             raise ValueError(f"unknown estimator {estimator!r}; choose 'pathwise' or 'covariance'")
         if snr_floor <= 0:
             raise ValueError(f"snr_floor must be positive, got {snr_floor}")
+        if partition_weight < 0:
+            raise ValueError(f"partition_weight must be ≥ 0, got {partition_weight}")
         time_weight(weight, path, torch.full((1,), 0.5))  # fail now on a bad name, not mid-training
         self.path, self.estimator, self.weight = path, estimator, weight
         self.time_sampler = time_sampler or TimeSampler()
         self.control_variate, self.snr_floor = control_variate, snr_floor
+        self.partition_weight = partition_weight
+        self.partition = PartitionTerm(partition_scale) if partition_weight > 0 else None
 
     def __call__(self, potential: Potential, x_bar: Tensor, t: Tensor | None = None,
                  eps: Tensor | None = None) -> LossOutput:
         if t is None:
             t = self.time_sampler(x_bar.shape[0], x_bar.device, x_bar.dtype)
         s = self.path.sample(x_bar, t, eps)
-        phi, v = potential_and_velocity(potential, s.x_t, t, create_graph=True)
+        x, times, n = s.x_t, t, len(x_bar)
+        if self.partition is not None:  # one network call for the batch and the proposals
+            y, t_y, log_q = self.partition.proposals(x_bar, 1 - self.time_sampler.t_min)
+            x, times = torch.cat([x, y]), torch.cat([t, t_y])
+        phi_all, v = potential_and_velocity(potential, x, times, create_graph=True)
+        phi, v = phi_all[:n], v[:n]
         dirichlet = 0.5 * flat_dot(v, v)
         if self.estimator == "pathwise":
             linear = flat_dot(v, s.u)
@@ -92,11 +143,16 @@ class DeepRitzLoss:
             linear = s.gamma * phi
         w = time_weight(self.weight, self.path, t, self.snr_floor)
         loss = (w * (dirichlet - linear)).mean()
+        parts = {"loss": loss.detach(), "dirichlet": dirichlet.mean().detach(), "linear": linear.mean().detach()}
+        if self.partition is not None:
+            nll = self.partition(self.path.log_density_of(phi, s.x_t, t), t,
+                                 self.path.log_density_of(phi_all[n:], y, t_y), log_q)
+            loss = loss + self.partition_weight * nll
+            parts.update(loss=loss.detach(), partition_nll=nll.detach())
         with torch.no_grad():
             # ½‖∇Φ − u‖², the flow-matching residual: comparable across estimators and zero only at u.
-            residual = 0.5 * flat_dot(v - s.u, v - s.u).mean()
-        return LossOutput(loss, {"loss": loss.detach(), "dirichlet": dirichlet.mean().detach(),
-                                 "linear": linear.mean().detach(), "residual": residual.detach()})
+            parts["residual"] = 0.5 * flat_dot(v - s.u, v - s.u).mean()
+        return LossOutput(loss, parts)
 
 
 def batch_correlation(a: Tensor, b: Tensor) -> Tensor:

@@ -40,7 +40,7 @@ class DirectPotential(nn.Module):
         return potential_and_velocity(self.net, x, t, create_graph=torch.is_grad_enabled())
 
     def log_density(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
-        return (2 * self(x, t, c) - self.path.f(t) * flat_dot(x, x)) / self.path.g2(t)
+        return self.path.log_density_of(self(x, t, c), x, t)
 
 
 class EnergyPotential(nn.Module):

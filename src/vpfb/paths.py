@@ -74,6 +74,10 @@ class GaussianPath:
         """Squared diffusion g² = 2σ(μ̇σ − σ̇μ)/μ, so that v* = f x + ½ g² ∇log ρ̄ₜ."""
         return 2 * self.half_g2_mu(t) / self.mu(t)
 
+    def log_density_of(self, phi: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """log ρ̄ₜ(x) + C(t) = (2Φ − f‖x‖²)/g², read from the potential's value Φ at (x, t)."""
+        return (2 * phi - self.f(t) * flat_dot(x, x)) / self.g2(t)
+
     def half_g2_mu(self, t: Tensor) -> Tensor:
         """½ g² μ = σ(μ̇σ − σ̇μ): finite on all of [0, 1], unlike g² itself."""
         mu, sigma = self.mu(t), self.sigma(t)
