@@ -72,7 +72,7 @@ class PartitionTerm:
     for point data, not images.
     """
 
-    def __init__(self, scale: float = 2.0, times: int = 4, samples: int = 64, t_low: float = 0.5):
+    def __init__(self, scale: float = 2.0, times: int = 1, samples: int = 32, t_low: float = 0.5):
         if scale <= 0 or times < 1 or samples < 2 or not 0 <= t_low < 1:
             raise ValueError(f"partition term: need scale > 0, times ≥ 1, samples ≥ 2, t_low in [0, 1); got "
                              f"{scale}, {times}, {samples}, {t_low}")
