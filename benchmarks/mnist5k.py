@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import platform
 import shutil
@@ -40,6 +41,7 @@ from torch import Tensor
 
 from mnist_classifier import load_or_train
 from speed import flow_matching_loss
+from timing import interleaved_step_times
 from vpfb.config import Config, load_config
 from vpfb.data import load_images
 from vpfb.evaluation.frechet import extract_features, frechet_distance
@@ -74,16 +76,14 @@ def build(method: str, cfg: Config, shape: tuple[int, ...]):
 
 
 def step_times(cfg: Config, data: ImageBatches, shape, rounds: int, steps: int = 8) -> dict[str, float]:
-    """Seconds per training step of VPFB and flow matching, timed in interleaved short runs of the trainer (median
-    of rounds), so that any slowdown of the shared machine hits both alike."""
+    """Seconds per training step of VPFB and flow matching, from interleaved runs of `steps` steps."""
     short = dataclasses.replace(cfg.train, steps=steps, warmup_steps=0)
-    times = {"vpfb": [], "fm": []}
-    for _ in range(rounds):
-        for method in times:
-            net, loss = build(method, cfg, shape)
-            result = train(net, loss, data, short, progress_bar=False)
-            times[method].append(result.seconds / result.steps)
-    return {m: statistics.median(t) for m, t in times.items()}
+
+    def run(method: str):
+        net, loss = build(method, cfg, shape)
+        return train(net, loss, data, short, progress_bar=False)
+
+    return interleaved_step_times({m: functools.partial(run, m) for m in ("vpfb", "fm")}, rounds)
 
 
 def train_method(method: str, cfg: Config, data: ImageBatches, shape, out: Path):

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import platform
-import statistics
 
 import ot
 import torch
+from timing import interleaved_step_times
 from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
 
 from vpfb.config import Config
@@ -75,16 +76,13 @@ def build(method: str, cfg: Config, train_x: torch.Tensor):
 
 
 def step_times(configs: dict[str, Config], train_x: torch.Tensor, rounds: int = 5, steps: int = 40) -> dict:
-    """Seconds per training step of each method, timed in interleaved short runs (median of rounds), so that
-    any slowdown of the machine hits every method alike."""
-    times = {m: [] for m in configs}
-    for _ in range(rounds):
-        for method, cfg in configs.items():
-            net, loss, st = build(method, cfg, train_x)
-            short = dataclasses.replace(cfg.train, steps=steps, time_budget=0.0)
-            result = train(net, loss, st.transform(train_x), short, progress_bar=False)
-            times[method].append(result.seconds / result.steps)
-    return {m: statistics.median(t) for m, t in times.items()}
+    """Seconds per training step of each method, from interleaved runs of `steps` steps."""
+    def run(method: str, cfg: Config):
+        net, loss, st = build(method, cfg, train_x)
+        short = dataclasses.replace(cfg.train, steps=steps, time_budget=0.0)
+        return train(net, loss, st.transform(train_x), short, progress_bar=False)
+
+    return interleaved_step_times({m: functools.partial(run, m, cfg) for m, cfg in configs.items()}, rounds)
 
 
 def evaluate_fm(net, st, test_x, fresh_x):
