@@ -44,7 +44,7 @@ METHODS = {  # name -> config overrides on the shared defaults
     "vpfb-released": {"loss": {"name": "released", "partition_weight": 0.0},
                       "model": {"parameterisation": "direct"}},
     "vpfb-cv": {"loss": {"estimator": "covariance", "weight": "sigma2", "control_variate": True}},
-    "vpfb-direct": {"model": {"parameterisation": "direct"}},
+    "vpfb-direct": {"model": {"parameterisation": "direct"}, "loss": {"partition_weight": 0.0}},
     "fm": None,
 }
 

@@ -36,10 +36,12 @@ def test_bad_sources():
 
 
 @pytest.mark.parametrize("preset,override", [("digits-cpu", "loss.partition_weight=0.1"),
-                                             ("toy2d", "loss.name=released")])
+                                             ("toy2d", "loss.name=released"),
+                                             ("toy2d", "model.parameterisation=direct")])
 def test_partition_term_only_where_it_works(preset, override):
-    """The partition term needs few dimensions and adds to the Deep Ritz loss: images or the released loss with a
-    non-zero weight are refused by name (the image presets set it to 0)."""
+    """The partition term needs few dimensions, adds to the Deep Ritz loss and reads ψ from the energy
+    parameterisation: images, the released loss or the direct Φ with a non-zero weight are refused by name (the
+    image presets set it to 0)."""
     from vpfb.fit import build_loss_from_config
     from vpfb.paths import LinearPath
 

@@ -92,8 +92,8 @@ def build_extractor(extractor: str | nn.Module, extractor_path: str | Path | Non
     elif extractor == "mnist":
         if extractor_path is None:
             raise ValueError("the 'mnist' extractor needs extractor_path= (--extractor-path), the MnistFeatures "
-                             "weights (benchmarks/artifacts/mnist_classifier.safetensors in the vpfb repository; train them "
-                             "with python benchmarks/mnist_classifier.py)")
+                             "weights (benchmarks/artifacts/mnist_classifier.safetensors in the vpfb repository; "
+                             "train them with python benchmarks/mnist_classifier.py)")
         module, label = MnistFeatures.load(extractor_path), "mnist"
     else:
         raise ValueError(f"unknown extractor {extractor!r}; choose one of {EXTRACTORS} or give an nn.Module mapping "
