@@ -88,3 +88,21 @@ def test_missing_or_corrupt_runs(tmp_path):
     (run / "model.json").write_text("{ not json")
     with pytest.raises(ValueError, match="corrupt"):
         load(run)
+
+
+@pytest.mark.parametrize("dim,kept", [(2, True), (6, False)])
+def test_partition_term_is_switched_off_with_a_warning_above_five_dimensions(tmp_path, dim, kept):
+    """Importance sampling of Z fails in many dimensions (measured on 10-D data), so fit drops the term there and
+    says so; the run's saved config records what was trained."""
+    from vpfb.fit import fit
+
+    cfg = Config()
+    cfg.train.steps, cfg.train.batch_size, cfg.eval.calibrate = 2, 16, False
+    points = torch.randn(64, dim)
+    if kept:
+        model = fit(cfg, tmp_path, points, progress_bar=False)
+    else:
+        with pytest.warns(UserWarning, match="partition_weight set to 0"):
+            model = fit(cfg, tmp_path, points, progress_bar=False)
+    assert (model.config.loss.partition_weight > 0) == kept
+    assert (load(tmp_path).config.loss.partition_weight > 0) == kept
