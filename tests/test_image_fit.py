@@ -20,6 +20,19 @@ def digits_run(tmp_path_factory):
     return run
 
 
+def test_the_final_sample_grid_reuses_the_last_steps_grid(tmp_path, monkeypatch):
+    """samples.png is the grid the callback drew at the last step (same EMA, same seed), not drawn a second time."""
+    from vpfb.model import EnergyModel
+
+    draws, sample = [], EnergyModel.sample
+    monkeypatch.setattr(EnergyModel, "sample", lambda self, *a, **k: draws.append(1) or sample(self, *a, **k))
+    fit(load_config("digits-cpu", [*TINY, "train.sample_every=3", "eval.solver=euler"]), tmp_path,
+        progress_bar=False)
+    grids = sorted((tmp_path / "samples").iterdir())
+    assert [g.name for g in grids] == ["step-00000003.png", "step-00000006.png"] and len(draws) == 2
+    assert (tmp_path / "samples.png").read_bytes() == grids[-1].read_bytes()
+
+
 def test_every_image_preset_builds_its_network():
     for name in presets():
         cfg = load_config(name)

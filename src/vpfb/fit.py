@@ -1,6 +1,7 @@
 """Train a model from a config: data → standardise → potential + loss → trainer → EnergyModel in a run directory."""
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -140,5 +141,9 @@ def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = 
     model = EnergyModel(result.ema, cfg, None, data.shape, data.num_classes)
     if run is not None and world.is_main:
         model.save(run)
-        save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)), run / "samples.png")
+        last_grid = run / "samples" / f"step-{result.steps:08d}.png"  # the same EMA and seed: the same picture
+        if last_grid.is_file():
+            shutil.copyfile(last_grid, run / "samples.png")
+        else:
+            save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)), run / "samples.png")
     return model
