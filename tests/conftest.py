@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import socket
+import traceback
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from vpfb.paths import GaussianPath
 
@@ -92,3 +96,47 @@ def torchvision_without_md5(monkeypatch):
         monkeypatch.setattr(f"torchvision.datasets.{module}.check_integrity",
                             lambda path, md5=None: os.path.isfile(path))
     return torchvision
+
+
+def _rank_main(job, rank: int, size: int, port: int, args: tuple, results) -> None:
+    """One spawned process: joins the group as torchrun would start it, runs job(world, *args), reports."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        from vpfb.training import distributed
+
+        world = distributed.init("cpu")
+        report = job(world, *args)
+        distributed.cleanup()
+        results.put((rank, report))
+    except BaseException:
+        results.put((rank, traceback.format_exc()))
+
+
+def run_as_ranks(job, size: int, *args) -> dict[int, dict]:
+    """Every rank's report of job(world, *args), run in `size` spawned gloo processes on the CPU with torchrun's
+    environment variables. Reports hold plain numbers: shared tensors die with their process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_rank_main, args=(job, rank, size, port, args, results), daemon=True)
+                 for rank in range(size)]
+    for p in processes:
+        p.start()
+    reports = {}
+    try:
+        for _ in processes:
+            rank, report = results.get(timeout=240)
+            assert isinstance(report, dict), f"rank {rank} failed:\n{report}"
+            reports[rank] = report
+    except queue.Empty:
+        pytest.fail("the distributed processes hung")
+    finally:
+        for p in processes:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return reports

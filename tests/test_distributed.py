@@ -4,16 +4,11 @@ send back plain numbers; the tests below check them against single-process refer
 import csv
 import dataclasses
 import itertools
-import os
-import queue
-import socket
-import traceback
 import warnings
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from conftest import RowSource, interrupt_at
+from conftest import RowSource, interrupt_at, run_as_ranks
 from safetensors import safe_open
 
 from vpfb.config import TrainConfig
@@ -131,50 +126,19 @@ def time_budget(world):
     return train(*setup(), TrainConfig(steps=10**6, batch_size=BATCH, time_budget=0.3), progress_bar=False).steps
 
 
-def worker(rank, port, run_dir, results):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(RANKS), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
-        world = distributed.init("cpu")
-        report = {"world": (world.rank, world.size, world.is_main), "gradient": one_gradient(world),
-                  "five_steps": five_steps(world), "resume": resume(world, run_dir),
-                  "nan": nan_on_rank_1_at_step_3(world), "odd_batch": odd_batch(world), "budget": time_budget(world),
-                  "samples": world.sample_sharded(draw, 7, seed=5).tolist()}
-        distributed.cleanup()
-        results.put((rank, report))
-    except BaseException:
-        results.put((rank, traceback.format_exc()))
+def report(world: World, run_dir) -> dict:
+    """Everything one rank measures, as plain numbers."""
+    return {"world": (world.rank, world.size, world.is_main), "gradient": one_gradient(world),
+            "five_steps": five_steps(world), "resume": resume(world, run_dir),
+            "nan": nan_on_rank_1_at_step_3(world), "odd_batch": odd_batch(world), "budget": time_budget(world),
+            "samples": world.sample_sharded(draw, 7, seed=5).tolist()}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Each rank's report, from RANKS processes started as torchrun would (its environment variables)."""
     run_dir = tmp_path_factory.mktemp("ddp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    processes = [context.Process(target=worker, args=(rank, port, run_dir, results), daemon=True)
-                 for rank in range(RANKS)]
-    for p in processes:
-        p.start()
-    reports = {}
-    try:
-        for _ in processes:
-            rank, report = results.get(timeout=240)
-            assert isinstance(report, dict), f"rank {rank} failed:\n{report}"
-            reports[rank] = report
-    except queue.Empty:
-        pytest.fail("the distributed processes hung")
-    finally:
-        for p in processes:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    reports["run_dir"] = run_dir
-    return reports
+    return {**run_as_ranks(report, RANKS, run_dir), "run_dir": run_dir}
 
 
 # ---- the tests ---------------------------------------------------------------------------------------------------

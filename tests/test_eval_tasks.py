@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from vpfb.cli import main
 from vpfb.config import load_config

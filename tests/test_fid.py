@@ -2,13 +2,10 @@
 sharded over processes, and the errors; with a fixed random projection of scikit-learn's 8×8 digits as features."""
 import json
 import os
-import queue
-import socket
-import traceback
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from conftest import run_as_ranks
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.utilities import imports
@@ -19,7 +16,7 @@ from vpfb.evaluation.fid import (FeatureStats, InceptionFeatures, build_extracto
                                  quantise, reference_stats, sample_stats, task_fid, to_uint8)
 from vpfb.evaluation.frechet import MnistFeatures, _Identity, frechet_distance
 from vpfb.model import EnergyModel, build_potential
-from vpfb.training import World, distributed
+from vpfb.training import World
 
 DIM = 8
 
@@ -264,47 +261,18 @@ def test_a_point_model_is_refused():
 RANKS = 2
 
 
-def worker(rank, port, cache_dir, results):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(RANKS), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
-        world = distributed.init("cpu")
-        f = features(101)
-        summed = FeatureStats.of(f[world.shard(101)]).all_reduce(world)
-        result = fid(tiny_model(), 41, extractor=Projection(), batch_size=8, steps=2, cache_dir=cache_dir,
-                     progress=False, seed=3)
-        distributed.cleanup()
-        results.put((rank, {"count": summed.count, "total": summed.total.tolist(), "outer": summed.outer.tolist(),
-                           "fid": result}))  # plain numbers: shared tensors die with their process
-    except BaseException:
-        results.put((rank, traceback.format_exc()))
+def report(world: World, cache_dir) -> dict:
+    """One rank's summed statistics of its shard of 101 features, and its fid() result, as plain numbers."""
+    summed = FeatureStats.of(features(101)[world.shard(101)]).all_reduce(world)
+    result = fid(tiny_model(), 41, extractor=Projection(), batch_size=8, steps=2, cache_dir=cache_dir,
+                 progress=False, seed=3)
+    return {"count": summed.count, "total": summed.total.tolist(), "outer": summed.outer.tolist(), "fid": result}
 
 
 def test_two_processes_sum_their_shares_to_the_single_process_statistics(tmp_path):
     """Each rank draws its share of the samples with its own generator; the summed statistics, and so the FID,
     equal one process's for the same shares, and every rank returns the same number."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    processes = [context.Process(target=worker, args=(r, port, tmp_path, results), daemon=True) for r in range(RANKS)]
-    for p in processes:
-        p.start()
-    reports = {}
-    try:
-        for _ in processes:
-            rank, report = results.get(timeout=240)
-            assert isinstance(report, dict), f"rank {rank} failed:\n{report}"
-            reports[rank] = report
-    except queue.Empty:
-        pytest.fail("the distributed processes hung")
-    finally:
-        for p in processes:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
+    reports = run_as_ranks(report, RANKS, tmp_path)
     whole = FeatureStats.of(features(101))
     for r in range(RANKS):
         assert reports[r]["count"] == 101

@@ -103,7 +103,8 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from vpfb.evaluation.tasks import STANDARD_SAMPLES, evaluate
+    from vpfb.evaluation.fid import STANDARD_SAMPLES
+    from vpfb.evaluation.tasks import evaluate
     from vpfb.model import load
     from vpfb.training import distributed
 
@@ -129,7 +130,7 @@ def cmd_eval(args) -> None:
     if not world.is_main:
         return
     if args.task == "ood":
-        print(f"| OOD set | score | AUROC | AUPR | FPR@95 |\n|---|---|---|---|---|")
+        print("| OOD set | score | AUROC | AUPR | FPR@95 |\n|---|---|---|---|---|")
         for row in result["rows"]:
             print(f"| {row['ood']} | {row['score']} | {row['auroc']:.3f} | {row['aupr']:.3f} | {row['fpr95']:.3f} |")
     elif args.task == "fid":

@@ -96,16 +96,18 @@ def save_score_histograms(scored: dict[str, dict[str, Tensor]], path: str | Path
     """One panel per score: histograms of the in-distribution scores and of every OOD set's (higher = more
     in-distribution) on a range set by the in-distribution scores (their 1st–99th percentiles, widened 3× below
     and 1× above), so that near sets stay readable; far sets pile up in the edge bins."""
+    from vpfb.evaluation.ood import IN_DISTRIBUTION
+
     fig, axes = figure(len(scored), size=3.6)
     axes = list(axes) if len(scored) > 1 else [axes]
     for ax, (score, sets) in zip(axes, scored.items()):
-        reference = sets["in-distribution"].double()
+        reference = sets[IN_DISTRIBUTION].double()
         q01, q99 = (torch.quantile(reference, q).item() for q in (0.01, 0.99))
         spread = max(q99 - q01, 1e-6)
         low, high = q01 - 3 * spread, q99 + spread
         for name, values in sets.items():
             ax.hist(values.double().clamp(low, high).numpy(), bins=40, range=(low, high), histtype="step",
-                    density=True, label=name, linewidth=2 if name == "in-distribution" else 1)
+                    density=True, label=name, linewidth=2 if name == IN_DISTRIBUTION else 1)
         ax.set(title=score, xlabel="score (higher = in-distribution)")
     axes[0].legend(fontsize=7)
     return save(fig, path)

@@ -13,18 +13,18 @@ measured with the same N, and against the floor FD(N real digits, all real digit
 """
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
+
+from vpfb.training.checkpoint import atomic_write
 
 if TYPE_CHECKING:
     from vpfb.training.distributed import World
@@ -115,11 +115,10 @@ class FeatureStats:
         """The sum of every rank's statistics, on every rank, in one all-reduce (self for a single process)."""
         if world.size == 1:
             return self
-        d, device = self.dim, self.total.device
-        count = torch.tensor([float(self.count)], dtype=torch.float64, device=device)  # exact up to 2⁵³
-        flat = torch.cat([count, self.total, self.outer.reshape(-1)]).to(world.device)
-        dist.all_reduce(flat)
-        count, total, outer = flat.to(device).split([1, d, d * d])
+        d = self.dim
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.total.device)  # exact to 2⁵³
+        flat = world.all_reduce_sum(torch.cat([count, self.total, self.outer.reshape(-1)]))
+        count, total, outer = flat.split([1, d, d * d])
         return FeatureStats(int(count.item()), total, outer.reshape(d, d), dict(self.meta))
 
     def save(self, path: str | Path) -> Path:
@@ -128,13 +127,7 @@ class FeatureStats:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"total": self.total.cpu().contiguous(), "outer": self.outer.cpu().contiguous()}
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # unique per writer
-        try:
-            save_file(tensors, temporary, {**self.meta, "count": str(self.count)})
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write(path, safetensors_bytes(tensors, {**self.meta, "count": str(self.count)}))
         return path
 
     @classmethod

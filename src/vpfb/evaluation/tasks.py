@@ -11,7 +11,7 @@ from torch import Tensor
 
 from vpfb.data import ImageData, load_images
 from vpfb.evaluation.composition import average, negate
-from vpfb.evaluation.fid import STANDARD_SAMPLES, task_fid
+from vpfb.evaluation.fid import task_fid
 from vpfb.evaluation.interpolation import interpolate
 from vpfb.evaluation.longrun import long_run
 from vpfb.evaluation.ood import score_sets, table_of

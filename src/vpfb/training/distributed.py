@@ -67,6 +67,14 @@ class World:
         dist.all_gather(gathered, local.contiguous())
         return [g.to(tensor.device) for g in gathered]
 
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        """The sum of every rank's `tensor` (same shape and dtype on all ranks), on the tensor's device."""
+        if self.size == 1:
+            return tensor
+        total = tensor.to(self.device).clone()
+        dist.all_reduce(total)
+        return total.to(tensor.device)
+
     def broadcast_value(self, value: float) -> float:
         """Rank 0's `value` on every rank, e.g. its clock, so that all ranks take the same decisions."""
         if self.size == 1:
@@ -104,9 +112,7 @@ class World:
         present = torch.tensor([p.grad is not None for p in params], dtype=like.dtype, device=like.device)
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
                          + [present] + [s.detach().reshape(1).to(like.device) for s in scalars])
-        total = flat.to(self.device)
-        dist.all_reduce(total)
-        total = total.to(flat.device) / self.size
+        total = self.all_reduce_sum(flat) / self.size
         *grads, present, means = total.split([p.numel() for p in params] + [len(params), len(scalars)])
         for p, grad, seen in zip(params, grads, present.tolist()):
             if seen:
