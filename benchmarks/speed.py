@@ -19,7 +19,7 @@ import torch
 from vpfb.losses import DeepRitzLoss, LossOutput
 from vpfb.parameterisation import DirectPotential
 from vpfb.paths import LinearPath
-from vpfb.potentials import AEEnergy, UNet, unet_config
+from vpfb.potentials import AEEnergy, CompiledVelocity, UNet, unet_config
 
 
 def flow_matching_loss(net, x1):
@@ -30,15 +30,20 @@ def flow_matching_loss(net, x1):
     return LossOutput(loss, {})
 
 
-def make_step(method: str, setting: dict, device: str, amp: bool, compile_: bool):
+def build(method: str, setting: dict, device: str, compile_: bool):
+    """(network, what the loss calls, loss_fn(potential, x)): the U-Net regressing u for "fm", the released head
+    Φ = ½‖x − U(x, t)‖² for "vpfb"; compiled, FM's forward goes through torch.compile and VPFB's Φ with ∇ₓΦ
+    through CompiledVelocity."""
     torch.manual_seed(0)
     backbone = UNet(**setting).to(device)
     if method == "fm":
-        model, loss_fn = backbone, flow_matching_loss
-    else:
-        model = DirectPotential(AEEnergy(backbone), LinearPath())
-        loss_fn = DeepRitzLoss(model.path, weight="uniform")
-    forward = torch.compile(model) if compile_ else model
+        return backbone, torch.compile(backbone) if compile_ else backbone, flow_matching_loss
+    model = DirectPotential(AEEnergy(backbone), LinearPath())
+    return model, CompiledVelocity(model) if compile_ else model, DeepRitzLoss(model.path, weight="uniform")
+
+
+def make_step(method: str, setting: dict, device: str, amp: bool, compile_: bool):
+    model, forward, loss_fn = build(method, setting, device, compile_)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step(x):

@@ -83,7 +83,7 @@ class TrainConfig:
     sample_every: int = 0  # steps between calls of train()'s callback(step, ema_module); 0 never calls it
     tensorboard: bool = False  # also log metrics to TensorBoard (beside metrics.csv) when it is installed
     amp: str = "none"  # "none" or "bf16" (autocast of the loss, on CUDA or CPU)
-    compile: bool = False  # torch.compile the potential's forward
+    compile: bool = False  # compile Φ with ∇ₓΦ for the training step (CompiledVelocity)
 
 
 @dataclass

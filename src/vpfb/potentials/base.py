@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 Potential = Callable[[Tensor, Tensor], Tensor]
 
@@ -39,3 +39,34 @@ def potential_and_velocity(
 def velocity(potential: Potential, x: Tensor, t: Tensor, create_graph: bool = False) -> Tensor:
     """The generative velocity v = +∇ₓΦ(x, t)."""
     return potential_and_velocity(potential, x, t, create_graph)[1]
+
+
+class CompiledVelocity:
+    """`potential` with Φ and v = ∇ₓΦ computed by one `torch.compile`d `torch.func.grad_and_value`.
+
+    Eager double backpropagation runs the second derivative of every convolution, norm and activation as many small
+    kernels. Here AOTAutograd traces Φ together with its gradient as one graph, so the backward of that graph (the
+    training step's second differentiation) is generated and fused as well. The weights stay the wrapped module's
+    own; every other attribute (path, log_density, parameters, ...) is read from it. Calls with labels go to the
+    eager module: a conditional potential differentiates its forward directly.
+    """
+
+    def __init__(self, potential: nn.Module, **compile_options):
+        self.potential = potential
+
+        def value_and_velocity(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            def total(y: Tensor) -> tuple[Tensor, Tensor]:
+                phi = potential(y, t)
+                return phi.sum(), phi
+            grad, (_, phi) = torch.func.grad_and_value(total, has_aux=True)(x)
+            return phi, grad
+
+        self.value_and_velocity = torch.compile(value_and_velocity, **compile_options)
+
+    def __call__(self, x: Tensor, t: Tensor, *labels: Tensor) -> Tensor:
+        return self.potential(x, t, *labels)
+
+    def __getattr__(self, name: str):
+        if name == "potential":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.potential, name)

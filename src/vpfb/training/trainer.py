@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from vpfb.config import TrainConfig
 from vpfb.losses import LossOutput
+from vpfb.potentials import CompiledVelocity
 from vpfb.training import checkpoint, distributed
 from vpfb.training.distributed import World
 
@@ -172,7 +173,7 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
     batches = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: the same global batches
     optimiser = torch.optim.Adam(potential.parameters(), lr=cfg.lr)
     ema = AveragedModel(potential, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)).eval()
-    forward = torch.compile(potential) if cfg.compile else potential
+    forward = CompiledVelocity(potential) if cfg.compile else potential
     config = dataclasses.asdict(cfg)
 
     # resume from the newest intact checkpoint, or remember the initial state as the last good one
