@@ -119,15 +119,18 @@ def main() -> None:
     p.add_argument("--fm-steps", type=int, default=16000,
                    help="the budget, in flow-matching steps (16000 ≈ 60 s on one core of the reference machine)")
     p.add_argument("--n-test", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0, help="seeds the networks' initialisation, batches and noise")
     args = p.parse_args()
     torch.set_num_threads(1)
     methods = ["fm"] + [m for m in args.methods if m != "fm"]  # fm first: the reference
     configs = {m: method_config(m) for m in methods}
+    for cfg in configs.values():
+        cfg.train.seed = args.seed
     times = step_times(configs, sample_toy("moons", 10_000, seed=0))
     fm_steps = args.fm_steps
     print(f"# toy2d: budget {fm_steps} flow-matching steps (≈ {fm_steps * times['fm']:.0f} s at the measured "
           f"{1e3 * times['fm']:.2f} ms/step); every method gets the steps that fit in the same time. "
-          f"1 thread, torch {torch.__version__}, {platform.machine()}")
+          f"seed {args.seed}, 1 thread, torch {torch.__version__}, {platform.machine()}")
     header = "| data | method | steps | step time ×FM | CNF NLL | energy NLL (t) | Φ_B NLL | true NLL | W2 | NFE |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -138,6 +141,7 @@ def main() -> None:
         for method, cfg in configs.items():
             ratio = times[method] / times["fm"]
             cfg.train.steps = max(1, round(fm_steps / ratio))
+            torch.manual_seed(args.seed)
             net, loss, st = build(method, cfg, train_x)
             result = train(net, loss, st.transform(train_x), cfg.train, progress_bar=False)
             if method == "fm":

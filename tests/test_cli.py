@@ -35,3 +35,22 @@ def test_bad_input_exits_with_a_clear_message(argv, match, capsys, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert match in capsys.readouterr().err
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_is_a_clear_error(tmp_path, capsys):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "step-00000010.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="skipping checkpoint"):
+        assert main(["train", "digits-cpu", "--out", str(tmp_path / "run"), "--steps", "20"]) == 2
+    assert "no usable checkpoint" in capsys.readouterr().err
+
+
+def test_a_corrupted_image_set_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("torchvision")
+    from fakes import write_cifar
+
+    write_cifar(tmp_path / "cifar")  # fake bytes: torchvision's md5 check fails
+    argv = ["train", "cifar10", "--out", str(tmp_path / "run"), f"data.root={tmp_path / 'cifar'}", "train.device=cpu"]
+    assert main(argv) == 2
+    assert "incomplete or corrupted" in capsys.readouterr().err

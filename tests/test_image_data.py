@@ -368,5 +368,5 @@ def test_missing_sets_say_where_and_how(tmp_path, name, looked_for):
 def test_md5_mismatch_is_reported_as_corruption(tmp_path):
     pytest.importorskip("torchvision")
     write_cifar(tmp_path)  # fake bytes cannot match the official md5 sums
-    with pytest.raises(RuntimeError, match="incomplete or corrupted"):
+    with pytest.raises(ValueError, match="incomplete or corrupted"):
         load_images("cifar10", root=tmp_path)

@@ -12,6 +12,7 @@ import torch
 from vpfb.config import Config, load_config, presets
 from vpfb.data import TOY_DATASETS, load_data, sample_toy, toy_log_density
 from vpfb.model import IMAGE_ARCHITECTURES
+from vpfb.training.checkpoint import CorruptCheckpointError
 
 
 def held_out_split(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:  # bad input or a missing extra: one line
+    # bad input, a missing optional extra, a run whose every checkpoint is damaged: one line, no traceback
+    except (ValueError, FileNotFoundError, ImportError, CorruptCheckpointError) as err:
         print(f"vpfb: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -60,7 +60,7 @@ def _open_set(name: str, root: Path, split: str, download: bool):
     try:
         return makers[name]()
     except RuntimeError as err:  # torchvision's word for missing, incomplete or md5-mismatched files
-        raise RuntimeError(f"image set {name!r} under {root} is incomplete or corrupted ({err}); remove it and "
+        raise ValueError(f"image set {name!r} under {root} is incomplete or corrupted ({err}); remove it and "
                            f"pass download=True to fetch it again") from err
 
 

@@ -153,7 +153,7 @@ def load_latest(run_dir: Path) -> Snapshot | None:
             warnings.warn(f"skipping checkpoint {path}: {err}; trying the one before", stacklevel=2)
             reasons.append(f"{path.name}: {err}")
     if paths:
-        raise RuntimeError(f"no usable checkpoint in {run_dir / 'checkpoints'}: " + "; ".join(reasons)
+        raise CorruptCheckpointError(f"no usable checkpoint in {run_dir / 'checkpoints'}: " + "; ".join(reasons)
                            + ". Move the folder away to start afresh.")
     return None
 
