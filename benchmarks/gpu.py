@@ -1,8 +1,8 @@
 """One prepared GPU check (under 8 minutes): the CIFAR-10 U-Net (55.7M parameters) on synthetic batches, VPFB
 against flow matching, fp32 / bf16 / compiled: step time, images per second, peak memory, the first step's time
 (compilation), and the wall clock the paper's schedules would take at the measured speed. After a compiled VPFB
-row: how far its loss gradient is from the eager one on the same batch and noise (weights perturbed off the
-zero-initialised output layer, so that every layer gets a gradient).
+row: how far its loss gradient is from the eager one on the same batch and noise, without dropout (weights
+perturbed off the zero-initialised output layer, so that every layer gets a gradient).
 
     python benchmarks/gpu.py                                             # needs a CUDA GPU
     python benchmarks/gpu.py --methods vpfb --variants bf16 bf16-compiled --batch 128 256
@@ -30,6 +30,7 @@ VARIANTS = {"fp32": (False, False), "bf16": (True, False), "fp32-compiled": (Fal
 def compiled_gradient_error(setting: dict, x: torch.Tensor, amp: bool) -> float:
     """‖g_compiled − g_eager‖ / ‖g_eager‖ for VPFB's loss gradient, same weights, batch and noise."""
     model, compiled, loss_fn = build("vpfb", setting, "cuda", True)
+    model.eval()  # no dropout: compiled code draws its masks from another random stream than eager code
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1e-2 * torch.randn_like(p))

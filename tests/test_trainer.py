@@ -209,6 +209,7 @@ def test_compiled_bf16_training_on_cuda():
     ({"amp": "fp16"}, "train.amp must be one of"),
     ({"checkpoint_every": 0}, "train.checkpoint_every must be at least 1"),
     ({"max_restores": -1}, "train.max_restores must be at least 0"),
+    ({"compile": True, "amp": "bf16"}, "train.compile=true with train.amp=bf16 on the CPU"),
 ])
 def test_bad_settings_are_clear_errors(change, message):
     with pytest.raises(ValueError, match=message):

@@ -168,6 +168,9 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     device = next(potential.parameters()).device
+    if cfg.compile and cfg.amp == "bf16" and device.type == "cpu":
+        raise ValueError("train.compile=true with train.amp=bf16 on the CPU: inductor generates a broken second "
+                         "backward there (UnboundLocalError inside the compiled code, torch 2.13); drop one of them")
     world.broadcast_(potential)
     torch.manual_seed(cfg.seed + world.rank)  # each rank its own noise; rank 0 draws a single process's
     batches = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: the same global batches
