@@ -40,7 +40,7 @@ from vpfb.training import train
 METHODS = {  # name -> config overrides on the shared defaults
     "vpfb": {},
     "vpfb-uniform": {"loss": {"weight": "uniform"}},
-    "vpfb-floor": {"loss": {"snr_floor": 0.2}},  # the snr weight clipped higher: more weight on early times
+    "vpfb-snr0.05": {"loss": {"snr_floor": 0.05}},  # the earlier default: less weight on early times
     "vpfb-covariance": {"loss": {"estimator": "covariance", "weight": "sigma2"}},
     "vpfb-released": {"loss": {"name": "released", "partition_weight": 0.0},
                       "model": {"parameterisation": "direct"}},

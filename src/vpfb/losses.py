@@ -41,7 +41,7 @@ class TimeSampler:
         return t.clamp(self.t_min, 1 - self.t_min)
 
 
-def time_weight(name: str, path: GaussianPath, t: Tensor, floor: float = 0.05) -> Tensor:
+def time_weight(name: str, path: GaussianPath, t: Tensor, floor: float = 0.2) -> Tensor:
     """w(t), shared by both terms of J_t. "uniform": 1 (flow matching); "snr" (default): (μ² + c)/(σ² + c), a
     signal-to-noise ratio clipped at c = `floor`, which weights late times more and so sharpens the flow and the
     energy near the data; "sigma2": σ(t)² (tames γ's 1/σ near t = 1); "dsm": μ²/(μ̇σ − σ̇μ)² ∝ σ²/g⁴, which makes
@@ -106,7 +106,7 @@ class DeepRitzLoss:
     """
 
     def __init__(self, path: GaussianPath, estimator: str = "pathwise", weight: str = "snr",
-                 time_sampler: TimeSampler | None = None, control_variate: bool = False, snr_floor: float = 0.05,
+                 time_sampler: TimeSampler | None = None, control_variate: bool = False, snr_floor: float = 0.2,
                  partition_weight: float = 0.0, partition_scale: float = 2.0):
         if estimator not in ("pathwise", "covariance"):
             raise ValueError(f"unknown estimator {estimator!r}; choose 'pathwise' or 'covariance'")
