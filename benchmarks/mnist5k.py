@@ -5,7 +5,7 @@ training steps and (b) at equal CPU wall clock; quality is the Fréchet distance
     python benchmarks/mnist5k.py --steps 4000 --out runs/mnist5k-long                  # the preset's budget (hours)
     python benchmarks/mnist5k.py --methods vpfb --set loss.weight=uniform --out benchmarks/out/mnist5k-uniform
 
-VPFB is `vpfb.fit` on the mnist5k-cpu preset (direct Φ = ½‖x − U(x, t)‖², pathwise Deep Ritz loss, snr weight).
+VPFB is `vpfb.fit` on the mnist5k-cpu preset (direct Φ = ½‖x − U(x, t)‖², pathwise Deep Ritz loss, uniform weight).
 Flow matching trains the same backbone U(x, t) to regress u = x̄ − ε at x_t = t x̄ + (1 − t) ε (uniform weight).
 All runs share batch 32, Adam with warm-up and cosine decay (lr 5e-4 → 2e-5), the warm-up length and EMA decay
 (both scaled to the VPFB budget: min(200, steps/10) warm-up steps, EMA decay min(0.999, 1 − 10/steps), so that a
