@@ -61,7 +61,7 @@ def _open_set(name: str, root: Path, split: str, download: bool):
         return makers[name]()
     except RuntimeError as err:  # torchvision's word for missing, incomplete or md5-mismatched files
         raise ValueError(f"image set {name!r} under {root} is incomplete or corrupted ({err}); remove it and "
-                           f"pass download=True to fetch it again") from err
+                         f"pass download=True to fetch it again") from err
 
 
 def _channels_first(data) -> Tensor:
