@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from precision import gradient, perturb_  # noqa: E402
 from speed import build, make_step, time_steps  # noqa: E402
 
 from vpfb.potentials import UNet, unet_config  # noqa: E402
@@ -30,18 +31,9 @@ VARIANTS = {"fp32": (False, False), "bf16": (True, False), "fp32-compiled": (Fal
 def compiled_gradient_error(setting: dict, x: torch.Tensor, amp: bool) -> float:
     """‖g_compiled − g_eager‖ / ‖g_eager‖ for VPFB's loss gradient, same weights, batch and noise."""
     model, compiled, loss_fn = build("vpfb", setting, "cuda", True)
-    model.eval()  # no dropout: compiled code draws its masks from another random stream than eager code
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1e-2 * torch.randn_like(p))
-    grads = []
-    for potential in (model, compiled):
-        torch.manual_seed(1)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(potential, x).loss
-        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()),
-                                                                         materialize_grads=True)]))
-    return ((grads[1] - grads[0]).norm() / grads[0].norm()).item()
+    perturb_(model)
+    eager, fused = (gradient(model, potential, loss_fn, x, 1, amp, "cuda") for potential in (model, compiled))
+    return ((fused - eager).norm() / eager.norm()).item()
 
 
 def main() -> None:

@@ -15,7 +15,17 @@ from speed import build
 from vpfb.potentials import unet_config
 
 
+def perturb_(model: torch.nn.Module) -> None:
+    """Dropout off (both passes must see the same network) and weights moved off the zero-initialised output layer,
+    so that every layer gets a gradient."""
+    model.eval()
+    with torch.no_grad():
+        for q in model.parameters():
+            q.add_(1e-2 * torch.randn_like(q))
+
+
 def gradient(model, forward, loss_fn, x, seed: int, amp: bool, device: str) -> torch.Tensor:
+    """The flattened parameter gradient of loss_fn(forward, x) with torch seeded `seed`, under bf16 autocast if amp."""
     torch.manual_seed(seed)
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
         loss = loss_fn(forward, x).loss
@@ -38,10 +48,7 @@ def main() -> None:
     print("| method | bf16 autocast | fp32, other t and ε |\n|---|---|---|")
     for method in ("fm", "vpfb"):
         model, forward, loss_fn = build(method, setting, args.device, False)
-        model.eval()  # no dropout: both passes see the same network
-        with torch.no_grad():
-            for q in model.parameters():
-                q.add_(1e-2 * torch.randn_like(q))
+        perturb_(model)
         g32, g16, other = (gradient(model, forward, loss_fn, x, seed, amp, args.device)
                            for seed, amp in ((1, False), (1, True), (2, False)))
         rel = lambda g: f"{((g - g32).norm() / g32.norm()).item():.3f}"  # noqa: E731
