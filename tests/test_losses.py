@@ -138,9 +138,9 @@ def test_partition_term_of_the_true_log_density_is_its_entropy_and_a_spurious_bu
     assert gap == pytest.approx(kl, abs=0.1)
 
 
-def test_partition_term_shares_the_ritz_network_call():
-    """DeepRitzLoss(partition_weight=λ) = the Ritz loss on the same (t, ε) + λ·L_Z, L_Z read from the same Φ and
-    equal to the term computed from the potential's own log_density on the same proposals."""
+def test_partition_term_adds_lambda_times_the_nll_of_the_potentials_log_density():
+    """DeepRitzLoss(partition_weight=λ) = the Ritz loss on the same (t, ε) + λ·L_Z, L_Z equal to the term computed
+    from the potential's own log_density at the same path samples and proposals."""
     path = LinearPath()
     potential = EnergyPotential(MLPPotential(2, hidden=16, depth=2), path)
     x_bar, t, eps = mixture(64), torch.rand(64) * 0.98 + 0.01, torch.randn(64, 2)

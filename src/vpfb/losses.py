@@ -100,7 +100,7 @@ class PartitionTerm:
 class DeepRitzLoss:
     """L = E_{t, x̄, ε} w(t) [½‖∇Φ(x_t, t)‖² − linear term], linear term γΦ ("covariance") or ∇Φ·u ("pathwise").
     control_variate=True makes the covariance term γ(Φ(x_t, t) − Φ(μx̄, t)): same mean, lower variance.
-    partition_weight λ > 0 adds λ·L_Z (`PartitionTerm`), computed in the same network call as the Ritz term.
+    partition_weight λ > 0 adds λ·L_Z (`PartitionTerm`), from Φ at the batch and at the proposals.
 
     Both estimate the same objective, whose minimiser over gradient fields is the marginal velocity E[u | x, t].
     """
@@ -126,12 +126,7 @@ class DeepRitzLoss:
         if t is None:
             t = self.time_sampler(x_bar.shape[0], x_bar.device, x_bar.dtype)
         s = self.path.sample(x_bar, t, eps)
-        x, times, n = s.x_t, t, len(x_bar)
-        if self.partition is not None:  # one network call for the batch and the proposals
-            y, t_y, log_q = self.partition.proposals(x_bar, 1 - self.time_sampler.t_min)
-            x, times = torch.cat([x, y]), torch.cat([t, t_y])
-        phi_all, v = potential_and_velocity(potential, x, times, create_graph=True)
-        phi, v = phi_all[:n], v[:n]
+        phi, v = potential_and_velocity(potential, s.x_t, t, create_graph=True)
         dirichlet = 0.5 * flat_dot(v, v)
         if self.estimator == "pathwise":
             linear = flat_dot(v, s.u)
@@ -144,9 +139,10 @@ class DeepRitzLoss:
         w = time_weight(self.weight, self.path, t, self.snr_floor)
         loss = (w * (dirichlet - linear)).mean()
         parts = {"loss": loss.detach(), "dirichlet": dirichlet.mean().detach(), "linear": linear.mean().detach()}
-        if self.partition is not None:
+        if self.partition is not None:  # the proposals need Φ alone: a forward pass, no velocity and no graph of it
+            y, t_y, log_q = self.partition.proposals(x_bar, 1 - self.time_sampler.t_min)
             nll = self.partition(self.path.log_density_of(phi, s.x_t, t), t,
-                                 self.path.log_density_of(phi_all[n:], y, t_y), log_q)
+                                 self.path.log_density_of(potential(y, t_y), y, t_y), log_q)
             loss = loss + self.partition_weight * nll
             parts.update(loss=loss.detach(), partition_nll=nll.detach())
         with torch.no_grad():
