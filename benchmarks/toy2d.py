@@ -3,6 +3,7 @@ against flow matching (torchcfm) with the same MLP, batch and wall-clock budget,
 
     python benchmarks/toy2d.py                                          # every data set, 16k FM steps (≈ 60 s)
     python benchmarks/toy2d.py --datasets moons --methods vpfb --fm-steps 160000    # the longer budget
+    python benchmarks/toy2d.py --methods vpfb vpfb-nopartition --timing-only --timing-rounds 9      # step times
 
 Columns: CNF test NLL (exact Laplacian, dopri5 rtol=atol=1e-5), grid-normalised NLLs of log_density (read at the
 time t that `fit` calibrates on training points) and of the paper's Boltzmann exp(Φ_B) on the same box, the true
@@ -46,6 +47,7 @@ METHODS = {  # name -> config overrides on the shared defaults
                       "model": {"parameterisation": "direct"}},
     "vpfb-cv": {"loss": {"estimator": "covariance", "weight": "sigma2", "control_variate": True}},
     "vpfb-direct": {"model": {"parameterisation": "direct"}, "loss": {"partition_weight": 0.0}},
+    "vpfb-nopartition": {"loss": {"partition_weight": 0.0}},  # what the partition term costs and buys
     "fm": None,
 }
 
@@ -120,13 +122,20 @@ def main() -> None:
                    help="the budget, in flow-matching steps (16000 ≈ 60 s on one core of the reference machine)")
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0, help="seeds the networks' initialisation, batches and noise")
+    p.add_argument("--timing-rounds", type=int, default=5)
+    p.add_argument("--timing-only", action="store_true", help="print the step times and stop")
     args = p.parse_args()
     torch.set_num_threads(1)
     methods = ["fm"] + [m for m in args.methods if m != "fm"]  # fm first: the reference
     configs = {m: method_config(m) for m in methods}
     for cfg in configs.values():
         cfg.train.seed = args.seed
-    times = step_times(configs, sample_toy("moons", 10_000, seed=0))
+    times = step_times(configs, sample_toy("moons", 10_000, seed=0), rounds=args.timing_rounds)
+    if args.timing_only:
+        print(f"| method | ms/step | ×FM |  (median of {args.timing_rounds} interleaved rounds, 1 thread)\n|---|---|---|")
+        for method, seconds in times.items():
+            print(f"| {method} | {1e3 * seconds:.2f} | {seconds / times['fm']:.2f} |")
+        return
     fm_steps = args.fm_steps
     print(f"# toy2d: budget {fm_steps} flow-matching steps (≈ {fm_steps * times['fm']:.0f} s at the measured "
           f"{1e3 * times['fm']:.2f} ms/step); every method gets the steps that fit in the same time. "
