@@ -42,6 +42,7 @@ METHODS = {  # name -> config overrides on the shared defaults
     "vpfb": {},
     "vpfb-uniform": {"loss": {"weight": "uniform"}},
     "vpfb-snr0.05": {"loss": {"snr_floor": 0.05}},  # the earlier default: less weight on early times
+    "vpfb-lambda0.01": {"loss": {"partition_weight": 0.01}},  # the earlier partition weight
     "vpfb-covariance": {"loss": {"estimator": "covariance", "weight": "sigma2"}},
     "vpfb-released": {"loss": {"name": "released", "partition_weight": 0.0},
                       "model": {"parameterisation": "direct"}},

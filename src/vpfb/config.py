@@ -56,7 +56,7 @@ class LossConfig:
     control_variate: bool = False  # covariance only: subtract γΦ(μx̄, t), a zero-mean control variate
     weight: str = "snr"  # "snr", "uniform", "sigma2" or "dsm" (see vpfb.losses.time_weight)
     snr_floor: float = 0.2  # c in the "snr" weight (μ² + c)/(σ² + c)
-    partition_weight: float = 0.01  # λ of the partition term (vpfb.losses.PartitionTerm): points of d ≤ 5, energy
+    partition_weight: float = 0.03  # λ of the partition term (vpfb.losses.PartitionTerm): points of d ≤ 5, energy
     #                                 parameterisation; 0 for images (fit sets it to 0 for d > 5, with a warning)
     partition_scale: float = 2.0  # its proposal N(0, s²I), in standardised units
     time_sampling: str = "uniform"  # "uniform" or "logit_normal"
