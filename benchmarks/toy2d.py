@@ -49,7 +49,9 @@ METHODS = {  # name -> config overrides on the shared defaults
     "vpfb-cv": {"loss": {"estimator": "covariance", "weight": "sigma2", "control_variate": True}},
     "vpfb-direct": {"model": {"parameterisation": "direct"}, "loss": {"partition_weight": 0.0}},
     "vpfb-nopartition": {"loss": {"partition_weight": 0.0}},  # what the partition term costs and buys
+    "vpfb-lr0.002": {"train": {"lr": 2e-3}},  # the earlier learning rate
     "fm": None,
+    "fm-lr0.002": {"train": {"lr": 2e-3}},  # flow matching at the earlier rate: is the baseline at its best?
 }
 
 
@@ -73,7 +75,7 @@ def w2(a: torch.Tensor, b: torch.Tensor) -> float:
 def build(method: str, cfg: Config, train_x: torch.Tensor):
     """(network or potential, loss, standardiser) for one method."""
     standardizer = Standardizer.fit(train_x)
-    if method == "fm":
+    if method.startswith("fm"):
         return MLP(2, cfg.model.hidden, cfg.model.depth, out_dim=2), FlowMatchingLoss(), standardizer
     potential = build_potential(cfg, 2)
     return potential, build_loss_from_config(cfg, potential.path), standardizer
@@ -154,7 +156,7 @@ def main() -> None:
             torch.manual_seed(args.seed)
             net, loss, st = build(method, cfg, train_x)
             result = train(net, loss, st.transform(train_x), cfg.train, progress_bar=False)
-            if method == "fm":
+            if method.startswith("fm"):
                 m = evaluate_fm(result.ema, st, test_x, fresh_x)
             else:
                 m = evaluate_vpfb(EnergyModel(result.ema, cfg, st), train_x, test_x, fresh_x, truth)

@@ -67,7 +67,7 @@ class LossConfig:
 class TrainConfig:
     steps: int = 4000
     batch_size: int = 256
-    lr: float = 2e-3
+    lr: float = 3e-3
     lr_final: float = 1e-4  # cosine decay from lr to lr_final
     ema: float = 0.995
     grad_clip: float = 1.0  # global norm; 0 disables
