@@ -45,6 +45,18 @@ def test_compiled_value_velocity_and_second_order_gradients_equal_eager(name):
             torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-10)
 
 
+def test_compiled_velocity_of_the_first_rows_equals_eager():
+    torch.manual_seed(0)
+    potential = CASES["energy-mlp"][0]().double()
+    compiled = CompiledVelocity(potential, backend="aot_eager")
+    x, t = torch.randn(40, 3, dtype=torch.float64), torch.rand(40, dtype=torch.float64)
+    (phi, v), (phi_c, v_c) = (potential_and_velocity(p, x, t, create_graph=True, rows=25)
+                              for p in (potential, compiled))
+    assert v_c.shape == (25, 3)
+    torch.testing.assert_close(phi_c, phi, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(v_c, v, rtol=1e-9, atol=1e-10)
+
+
 def test_compiled_velocity_reads_everything_else_from_the_potential():
     potential = CASES["energy-mlp"][0]()
     compiled = CompiledVelocity(potential, backend="aot_eager")

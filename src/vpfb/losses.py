@@ -126,7 +126,14 @@ class DeepRitzLoss:
         if t is None:
             t = self.time_sampler(x_bar.shape[0], x_bar.device, x_bar.dtype)
         s = self.path.sample(x_bar, t, eps)
-        phi, v = potential_and_velocity(potential, s.x_t, t, create_graph=True)
+        n = x_bar.shape[0]
+        if self.partition is None:
+            phi, v = potential_and_velocity(potential, s.x_t, t, create_graph=True)
+        else:  # the proposals need Φ alone: they ride in the batch's forward pass, outside the velocity's sweep
+            y, t_y, log_q = self.partition.proposals(x_bar, 1 - self.time_sampler.t_min)
+            phi, v = potential_and_velocity(potential, torch.cat([s.x_t, y]), torch.cat([t, t_y]),
+                                            create_graph=True, rows=n)
+            phi, phi_y = phi[:n], phi[n:]
         dirichlet = 0.5 * flat_dot(v, v)
         if self.estimator == "pathwise":
             linear = flat_dot(v, s.u)
@@ -139,10 +146,9 @@ class DeepRitzLoss:
         w = time_weight(self.weight, self.path, t, self.snr_floor)
         loss = (w * (dirichlet - linear)).mean()
         parts = {"loss": loss.detach(), "dirichlet": dirichlet.mean().detach(), "linear": linear.mean().detach()}
-        if self.partition is not None:  # the proposals need Φ alone: a forward pass, no velocity and no graph of it
-            y, t_y, log_q = self.partition.proposals(x_bar, 1 - self.time_sampler.t_min)
+        if self.partition is not None:
             nll = self.partition(self.path.log_density_of(phi, s.x_t, t), t,
-                                 self.path.log_density_of(potential(y, t_y), y, t_y), log_q)
+                                 self.path.log_density_of(phi_y, y, t_y), log_q)
             loss = loss + self.partition_weight * nll
             parts.update(loss=loss.detach(), partition_nll=nll.detach())
         with torch.no_grad():

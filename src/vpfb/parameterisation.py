@@ -36,8 +36,8 @@ class DirectPotential(nn.Module):
     def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         return call_net(self.net, x, t, c)
 
-    def value_and_velocity(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        return potential_and_velocity(self.net, x, t, create_graph=torch.is_grad_enabled())
+    def value_and_velocity(self, x: Tensor, t: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor]:
+        return potential_and_velocity(self.net, x, t, torch.is_grad_enabled(), rows)
 
     def log_density(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         return self.path.log_density_of(self(x, t, c), x, t)
@@ -54,12 +54,12 @@ class EnergyPotential(nn.Module):
         v, dv = self.path.reference_variance(t)
         return dv / (4 * v) * flat_dot(x, x) + self.path.half_g2_mu(t) * call_net(self.net, x, t, c)
 
-    def value_and_velocity(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def value_and_velocity(self, x: Tensor, t: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor]:
         v, dv = self.path.reference_variance(t)
         c = self.path.half_g2_mu(t)
-        n, grad_n = potential_and_velocity(self.net, x, t, create_graph=torch.is_grad_enabled())
-        e = lambda s: expand_like(s, x)  # noqa: E731
-        return dv / (4 * v) * flat_dot(x, x) + c * n, e(dv / (2 * v)) * x + e(c) * grad_n
+        n, grad_n = potential_and_velocity(self.net, x, t, torch.is_grad_enabled(), rows)
+        e = lambda s: expand_like(s[:rows], grad_n)  # noqa: E731
+        return dv / (4 * v) * flat_dot(x, x) + c * n, e(dv / (2 * v)) * x[:rows] + e(c) * grad_n
 
     def log_density(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         v, _ = self.path.reference_variance(t)

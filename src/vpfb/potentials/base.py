@@ -9,31 +9,35 @@ from torch import Tensor, nn
 Potential = Callable[[Tensor, Tensor], Tensor]
 
 
-def value_and_grad(fn: Callable[[Tensor], Tensor], x: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
-    """Return a per-sample scalar field fn(x) [N] and its gradient ∇ₓ fn(x), even under torch.no_grad."""
+def value_and_grad(fn: Callable[[Tensor], Tensor], x: Tensor, create_graph: bool = False,
+                   rows: int | None = None) -> tuple[Tensor, Tensor]:
+    """Return a per-sample scalar field fn(x) [N] and its gradient ∇ₓ fn(x) at the first `rows` samples (all by
+    default), even under torch.no_grad."""
     with torch.enable_grad():
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)
         value = fn(x)
         if value.shape != x.shape[:1]:
             raise ValueError(f"expected one scalar per sample, shape {tuple(x.shape[:1])}, got {tuple(value.shape)}")
-        (grad,) = torch.autograd.grad(value.sum(), x, create_graph=create_graph)
-    return value, grad
+        (grad,) = torch.autograd.grad(value[:rows].sum(), x, create_graph=create_graph)
+    return value, grad[:rows]
 
 
 def potential_and_velocity(
-    potential: Potential, x: Tensor, t: Tensor, create_graph: bool = False
+    potential: Potential, x: Tensor, t: Tensor, create_graph: bool = False, rows: int | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Return Φ(x, t) [N] and v = ∇ₓΦ(x, t); create_graph=True only when Φ or v will be differentiated.
+    """Return Φ(x, t) [N] and v = ∇ₓΦ(x, t) [rows] of the first `rows` samples (all by default: a loss that also
+    needs Φ alone at other points appends them, and pays one forward pass for both); create_graph=True only when
+    Φ or v will be differentiated.
 
-    A potential may compute both itself (`value_and_velocity(x, t)`, checked against autograd in the tests);
+    A potential may compute both itself (`value_and_velocity(x, t, rows)`, checked against autograd in the tests);
     otherwise autograd differentiates Φ.
     """
     own = getattr(potential, "value_and_velocity", None)
     if own is None:
-        return value_and_grad(lambda y: potential(y, t), x, create_graph)
+        return value_and_grad(lambda y: potential(y, t), x, create_graph, rows)
     with torch.set_grad_enabled(create_graph):
-        return own(x, t)
+        return own(x, t, rows)
 
 
 def velocity(potential: Potential, x: Tensor, t: Tensor, create_graph: bool = False) -> Tensor:
@@ -54,12 +58,12 @@ class CompiledVelocity:
     def __init__(self, potential: nn.Module, **compile_options):
         self.potential = potential
 
-        def value_and_velocity(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        def value_and_velocity(x: Tensor, t: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor]:
             def total(y: Tensor) -> tuple[Tensor, Tensor]:
                 phi = potential(y, t)
-                return phi.sum(), phi
+                return phi[:rows].sum(), phi
             grad, (_, phi) = torch.func.grad_and_value(total, has_aux=True)(x)
-            return phi, grad
+            return phi, grad[:rows]
 
         self.value_and_velocity = torch.compile(value_and_velocity, **compile_options)
 

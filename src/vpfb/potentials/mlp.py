@@ -41,17 +41,18 @@ class MLPPotential(MLP):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return super().forward(x, t).squeeze(-1)
 
-    def value_and_velocity(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Φ and ∇ₓΦ in one pass, the backward sweep written out (∇ = W₁ᵀ diag(silu'(z₁)) ⋯ wₒᵤₜ), so that a
-        loss on ∇Φ is differentiated through a first-order graph instead of autograd's double backward."""
+    def value_and_velocity(self, x: Tensor, t: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor]:
+        """Φ [N] and ∇ₓΦ [rows] (of the first `rows` samples; all by default) in one pass, the backward sweep
+        written out (∇ = W₁ᵀ diag(silu'(z₁)) ⋯ wₒᵤₜ), so that a loss on ∇Φ is differentiated through a
+        first-order graph instead of autograd's double backward."""
         h = self.inputs(x, t)
         slopes = []
         for layer in self.layers:
             z = layer(h)
             s = torch.sigmoid(z)
             h = z * s
-            slopes.append(s + h * (1 - s))  # silu'(z) = σ(z)(1 + z(1 − σ(z)))
-        grad = self.head.weight.expand(h.shape[0], -1)
+            slopes.append((s + h * (1 - s))[:rows])  # silu'(z) = σ(z)(1 + z(1 − σ(z)))
+        grad = self.head.weight.expand(slopes[-1].shape[0], -1)
         for layer, slope in zip(reversed(self.layers), reversed(slopes)):
             grad = (grad * slope) @ layer.weight
         return self.head(h).squeeze(-1), grad[:, : self.dim]
