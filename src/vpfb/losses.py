@@ -131,9 +131,10 @@ class DeepRitzLoss:
             phi, v = potential_and_velocity(potential, s.x_t, t, create_graph=True)
         else:  # the proposals need Φ alone: they ride in the batch's forward pass, outside the velocity's sweep
             y, t_y, log_q = self.partition.proposals(x_bar, 1 - self.time_sampler.t_min)
-            phi, v = potential_and_velocity(potential, torch.cat([s.x_t, y]), torch.cat([t, t_y]),
-                                            create_graph=True, rows=n)
-            phi, phi_y = phi[:n], phi[n:]
+            x_all, t_all = torch.cat([s.x_t, y]), torch.cat([t, t_y])
+            phi_all, v = potential_and_velocity(potential, x_all, t_all, create_graph=True, rows=n)
+            psi = self.path.log_density_of(phi_all, x_all, t_all)
+            phi = phi_all[:n]
         dirichlet = 0.5 * flat_dot(v, v)
         if self.estimator == "pathwise":
             linear = flat_dot(v, s.u)
@@ -147,8 +148,7 @@ class DeepRitzLoss:
         loss = (w * (dirichlet - linear)).mean()
         parts = {"loss": loss.detach(), "dirichlet": dirichlet.mean().detach(), "linear": linear.mean().detach()}
         if self.partition is not None:
-            nll = self.partition(self.path.log_density_of(phi, s.x_t, t), t,
-                                 self.path.log_density_of(phi_y, y, t_y), log_q)
+            nll = self.partition(psi[:n], t, psi[n:], log_q)
             loss = loss + self.partition_weight * nll
             parts.update(loss=loss.detach(), partition_nll=nll.detach())
         with torch.no_grad():
