@@ -6,7 +6,7 @@ import torch
 from conftest import GaussianTruth
 from vpfb.likelihood import divergence, grid_log_normaliser, log_likelihood
 from vpfb.paths import LinearPath, LogHomotopyPath
-from vpfb.sampling import integrate, sample_langevin, sample_ode
+from vpfb.sampling import ADAPTIVE, integrate, sample_langevin, sample_ode
 
 M, S = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 1.5])
 
@@ -49,6 +49,33 @@ def test_adaptive_solver_counts_evaluations_and_saves_trajectory():
     mid = 0.5 * M + (0.25 * S**2 + 0.25).sqrt() * x0
     torch.testing.assert_close(sol.trajectory[5], mid, rtol=1e-3, atol=1e-3)
     assert 6 <= sol.nfe < 200
+
+
+def reading_times(field, log):
+    """The field, recording the times it is read at."""
+    def recorded(x, t):
+        log.append(t[0].item())
+        return field(x, t)
+    return recorded
+
+
+@pytest.mark.parametrize("solver", ADAPTIVE)
+@pytest.mark.parametrize("t0,t1", [(0.0, 1.0), (1.0, 0.0)])
+def test_adaptive_solvers_never_read_the_field_outside_the_interval(solver, t0, t1):
+    """A smooth field lets the step size grow tenfold per step; torchdiffeq would then evaluate past t1 and
+    interpolate back, reading a network at times it was never trained on."""
+    times = []
+    x0 = torch.ones(4, 2, dtype=torch.float64)
+    sol = integrate(reading_times(lambda x, t: -x, times), x0, t0, t1, solver=solver, rtol=1e-6, atol=1e-6)
+    assert min(t0, t1) <= min(times) and max(times) <= max(t0, t1), (min(times), max(times))
+    torch.testing.assert_close(sol.x, x0 * math.exp(-(t1 - t0)), rtol=1e-5, atol=1e-5)
+
+
+def test_likelihood_never_reads_the_field_outside_the_interval():
+    times = []
+    x1 = torch.randn(16, 2, dtype=torch.float64)
+    log_likelihood(reading_times(lambda x, t: -x, times), x1)
+    assert 0.0 <= min(times) and max(times) <= 1.0, (min(times), max(times))
 
 
 def test_euler_counts_one_evaluation_per_step():

@@ -23,6 +23,12 @@ class ODESolution:
     trajectory: Tensor | None = None  # [T, N, ...]
 
 
+def end_at(t1: float, like: Tensor) -> dict:
+    """torchdiffeq's adaptive solvers step past the end time and interpolate back; a network trained on
+    t ∈ [0, 1] must not be read outside it, so the last step is cut to end at t1 exactly (as scipy's RK45 does)."""
+    return {"step_t": torch.tensor([t1], dtype=like.dtype, device=like.device)}
+
+
 def integrate(field: Field, x0: Tensor, t0: float = 0.0, t1: float = 1.0, solver: str = "dopri5",
               steps: int = 100, rtol: float = 1e-3, atol: float = 1e-3, save: int | None = None) -> ODESolution:
     """Solve dx/dt = field(x, t) from t0 to t1 with torchdiffeq.
@@ -48,7 +54,7 @@ def integrate(field: Field, x0: Tensor, t0: float = 0.0, t1: float = 1.0, solver
         options = {"step_size": abs(t1 - t0) / steps}  # torchdiffeq runs a decreasing time grid itself
         path = odeint(counted, x0, times, method=FIXED_STEP[solver], options=options)
     else:
-        path = odeint(counted, x0, times, method=solver, rtol=rtol, atol=atol)
+        path = odeint(counted, x0, times, method=solver, rtol=rtol, atol=atol, options=end_at(t1, x0))
     if save is None:
         return ODESolution(path[-1], nfe)
     return ODESolution(path[-1], nfe, times, path)
