@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from vpfb.sampling import ADAPTIVE, Field, draw_like, end_at
+from vpfb.sampling import Field, draw_like, end_inside
 
 
 def divergence(v: Tensor, x: Tensor, noise: Tensor | None = None) -> Tensor:
@@ -47,7 +47,7 @@ def log_likelihood(field: Field, x1: Tensor, t0: float = 0.0, t1: float = 1.0, p
     times = torch.tensor([t1, t0], dtype=x1.dtype, device=x1.device)
     zero = torch.zeros(x1.shape[0], dtype=x1.dtype, device=x1.device)
     xs, integral = odeint(dynamics, (x1.detach(), zero), times, method=method, rtol=rtol, atol=atol,
-                            options=end_at(t0, x1) if method in ADAPTIVE else None)
+                            options=end_inside(method, times))
     x0, delta = xs[-1], integral[-1]  # delta = ∫_{t1}^{t0} ∇·v dt = −∫_{t0}^{t1} ∇·v dt
     dim = x0[0].numel()
     log_prior = -0.5 * (x0.flatten(1) ** 2).sum(1) / prior_std**2 - dim * math.log(prior_std * math.sqrt(2 * math.pi))

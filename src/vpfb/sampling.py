@@ -23,10 +23,11 @@ class ODESolution:
     trajectory: Tensor | None = None  # [T, N, ...]
 
 
-def end_at(t1: float, like: Tensor) -> dict:
-    """torchdiffeq's adaptive solvers step past the end time and interpolate back; a network trained on
-    t ∈ [0, 1] must not be read outside it, so the last step is cut to end at t1 exactly (as scipy's RK45 does)."""
-    return {"step_t": torch.tensor([t1], dtype=like.dtype, device=like.device)}
+def end_inside(method: str, times: Tensor) -> dict | None:
+    """odeint options for integrating over `times`. torchdiffeq's adaptive solvers step past the end time and
+    interpolate back; a network trained on t ∈ [0, 1] must not be read outside it, so their last step is cut to
+    end at times[-1] exactly (as scipy's RK45 does). Fixed-step solvers never leave the grid: no options."""
+    return {"step_t": times[-1:]} if method in ADAPTIVE else None
 
 
 def integrate(field: Field, x0: Tensor, t0: float = 0.0, t1: float = 1.0, solver: str = "dopri5",
@@ -54,7 +55,7 @@ def integrate(field: Field, x0: Tensor, t0: float = 0.0, t1: float = 1.0, solver
         options = {"step_size": abs(t1 - t0) / steps}  # torchdiffeq runs a decreasing time grid itself
         path = odeint(counted, x0, times, method=FIXED_STEP[solver], options=options)
     else:
-        path = odeint(counted, x0, times, method=solver, rtol=rtol, atol=atol, options=end_at(t1, x0))
+        path = odeint(counted, x0, times, method=solver, rtol=rtol, atol=atol, options=end_inside(solver, times))
     if save is None:
         return ODESolution(path[-1], nfe)
     return ODESolution(path[-1], nfe, times, path)
