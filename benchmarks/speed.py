@@ -5,16 +5,23 @@
 
 Both train the same backbone U(x, t): flow matching regresses U(x_t, t) on u = x̄ − ε; VPFB differentiates the
 released head Φ = ½‖x − U(x, t)‖² in x and trains ∇Φ with the Deep Ritz loss (double backpropagation). Steps are
-timed interleaved (median of rounds), so a busy machine slows both alike; the ratio is what to read.
+timed interleaved (median of rounds), so a busy machine slows both alike; the ratio is what to read. The two
+count columns (eager rows) divide VPFB's step by FM's in matrix-multiply FLOPs (convolutions, their backward passes,
+attention's matmuls, as torch.utils.flop_counter counts them) and in dispatched ATen operations: the first is the
+work exact second derivatives cannot avoid, the second the per-operation overhead on top of it.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import flop_registry
 
 from vpfb.losses import DeepRitzLoss, LossOutput
 from vpfb.parameterisation import DirectPotential
@@ -55,6 +62,30 @@ def make_step(method: str, setting: dict, device: str, amp: bool, compile_: bool
     return step
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts dispatched ATen operations and their matmul/convolution FLOPs (FlopCounterMode's formulas; its module
+    tracking cannot run inside autograd.grad, which VPFB's step calls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.flops = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        if (formula := flop_registry.get(func._overloadpacket)) is not None:
+            shape = lambda a: a.shape if isinstance(a, torch.Tensor) else a  # noqa: E731
+            self.flops += formula(*tree_map(shape, args), **tree_map(shape, kwargs or {}), out_val=tree_map(shape, out))
+        return out
+
+
+def count_step(step, x) -> tuple[int, int]:
+    """(matmul FLOPs, ATen operations) of one training step."""
+    with OpCounter() as counter:
+        step(x)
+    return counter.flops, counter.ops
+
+
 def time_steps(step, x, n: int, device: str) -> float:
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     sync()
@@ -87,15 +118,17 @@ def main() -> None:
     params = sum(q.numel() for q in UNet(**setting).parameters())
     print(f"# {args.network} U-Net ({params / 1e6:.2f}M parameters), batch {args.batch}, {args.device}, "
           f"torch {torch.__version__}, {args.threads} thread(s)")
-    print("| precision | compiled | FM ms/step | VPFB ms/step | VPFB / FM | FM peak MiB | VPFB peak MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| precision | compiled | FM ms/step | VPFB ms/step | VPFB / FM | FM peak MiB | VPFB peak MiB "
+          "| FLOPs VPFB / FM | ops VPFB / FM |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for amp, compiled in variants:
         row = measure(setting, x, args, amp, compiled)
         print(f"| {'bf16' if amp else 'fp32'} | {'yes' if compiled else 'no'} | " + " | ".join(row) + " |", flush=True)
 
 
 def measure(setting: dict, x: torch.Tensor, args, amp: bool, compiled: bool) -> list[str]:
-    """[FM ms, VPFB ms, ratio, FM peak MiB, VPFB peak MiB] as table cells; a variant that fails says why."""
+    """[FM ms, VPFB ms, ratio, FM peak MiB, VPFB peak MiB, FLOP ratio, op ratio] as table cells (the counts for eager
+    steps only); a variant that fails says why."""
     try:
         steps = {m: make_step(m, setting, args.device, amp, compiled) for m in ("fm", "vpfb")}
         peak = {}
@@ -113,9 +146,13 @@ def measure(setting: dict, x: torch.Tensor, args, amp: bool, compiled: bool) -> 
             for m, step in steps.items():
                 times[m].append(time_steps(step, x, args.steps, args.device))
     except Exception as err:  # e.g. torch.compile cannot differentiate twice
-        return [f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}", "", "", "", ""]
+        return [f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}", "", "", "", "", "", ""]
     fm, vpfb = (statistics.median(times[m]) * 1e3 for m in ("fm", "vpfb"))
-    return [f"{fm:.1f}", f"{vpfb:.1f}", f"{vpfb / fm:.2f}", peak["fm"], peak["vpfb"]]
+    counts = ["–", "–"]
+    if not compiled:
+        (fm_flops, fm_ops), (vpfb_flops, vpfb_ops) = (count_step(steps[m], x) for m in ("fm", "vpfb"))
+        counts = [f"{vpfb_flops / fm_flops:.2f}", f"{vpfb_ops / fm_ops:.2f}"]
+    return [f"{fm:.1f}", f"{vpfb:.1f}", f"{vpfb / fm:.2f}", peak["fm"], peak["vpfb"], *counts]
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
