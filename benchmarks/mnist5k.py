@@ -4,6 +4,7 @@ training steps and (b) at equal CPU wall clock; quality is the Fréchet distance
     OMP_NUM_THREADS=1 python benchmarks/mnist5k.py --docs docs/mnist5k_samples.png     # 400 VPFB steps, ≈ 35 min
     python benchmarks/mnist5k.py --steps 4000 --out runs/mnist5k-long                  # the preset's budget (hours)
     python benchmarks/mnist5k.py --methods vpfb --set loss.weight=uniform --out benchmarks/out/mnist5k-uniform
+    OMP_NUM_THREADS=1 python benchmarks/mnist5k.py --timing-only --timing-rounds 9      # the step-time ratio only
 
 VPFB is `vpfb.fit` on the mnist5k-cpu preset (direct Φ = ½‖x − U(x, t)‖², pathwise Deep Ritz loss, uniform weight).
 Flow matching trains the same backbone U(x, t) to regress u = x̄ − ε at x_t = t x̄ + (1 − t) ε (uniform weight).
@@ -134,6 +135,7 @@ def main() -> None:
     p.add_argument("--heun-steps", type=int, default=10)
     p.add_argument("--grid", type=int, default=64, help="draws also sampled by dopri5 and shown in the grids")
     p.add_argument("--timing-rounds", type=int, default=5)
+    p.add_argument("--timing-only", action="store_true", help="print the trainer's step times and stop")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "mnist5k")
     p.add_argument("--docs", type=Path, default=None, help="also copy the side-by-side grid here")
     p.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
@@ -145,18 +147,21 @@ def main() -> None:
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    classifier, accuracy = load_or_train()
     data = load_images("mnist5k", labels=False)
-    real_features, row, real_grid = real_reference(data, classifier, args.samples, args.grid)
-    rows, grids = [row], [real_grid]
-    log(f"classifier held-out accuracy {accuracy:.4f}; FD of {args.samples} real digits {rows[0]['fd']:.3f}")
-
     batches = ImageBatches(data, flip=False, labels=False)
     cfg = run_config(args.steps, args.steps, args.set)
     times = step_times(cfg, batches, data.shape, args.timing_rounds)
     ratio = times["vpfb"] / times["fm"]
     steps = {"vpfb": args.steps, "fm-steps": args.steps, "fm-clock": round(args.steps * ratio)}
-    log(f"step times: VPFB {times['vpfb']:.3f} s, FM {times['fm']:.3f} s, ratio {ratio:.2f}")
+    log(f"step times: VPFB {times['vpfb']:.3f} s, FM {times['fm']:.3f} s, ratio {ratio:.2f} "
+        f"(median of {args.timing_rounds} interleaved rounds)")
+    if args.timing_only:
+        return
+
+    classifier, accuracy = load_or_train()
+    real_features, row, real_grid = real_reference(data, classifier, args.samples, args.grid)
+    rows, grids = [row], [real_grid]
+    log(f"classifier held-out accuracy {accuracy:.4f}; FD of {args.samples} real digits {rows[0]['fd']:.3f}")
 
     z0 = torch.randn(args.samples, *data.shape, generator=torch.Generator().manual_seed(0))
     for method in args.methods:
