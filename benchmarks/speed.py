@@ -13,8 +13,8 @@ work exact second derivatives cannot avoid, the second the per-operation overhea
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
+import functools
 import statistics
 import time
 
@@ -71,11 +71,12 @@ class OpCounter(TorchDispatchMode):
         self.ops, self.flops = 0, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         self.ops += 1
         if (formula := flop_registry.get(func._overloadpacket)) is not None:
-            shape = lambda a: a.shape if isinstance(a, torch.Tensor) else a  # noqa: E731
-            self.flops += formula(*tree_map(shape, args), **tree_map(shape, kwargs or {}), out_val=tree_map(shape, out))
+            shapes = functools.partial(tree_map, lambda a: a.shape if isinstance(a, torch.Tensor) else a)
+            self.flops += formula(*shapes(args), **shapes(kwargs), out_val=shapes(out))
         return out
 
 
