@@ -62,6 +62,9 @@ def make_step(method: str, setting: dict, device: str, amp: bool, compile_: bool
     return step
 
 
+shapes_of = functools.partial(tree_map, lambda a: a.shape if isinstance(a, torch.Tensor) else a)
+
+
 class OpCounter(TorchDispatchMode):
     """Counts dispatched ATen operations and their matmul/convolution FLOPs (FlopCounterMode's formulas; its module
     tracking cannot run inside autograd.grad, which VPFB's step calls)."""
@@ -75,8 +78,7 @@ class OpCounter(TorchDispatchMode):
         out = func(*args, **kwargs)
         self.ops += 1
         if (formula := flop_registry.get(func._overloadpacket)) is not None:
-            shapes = functools.partial(tree_map, lambda a: a.shape if isinstance(a, torch.Tensor) else a)
-            self.flops += formula(*shapes(args), **shapes(kwargs), out_val=shapes(out))
+            self.flops += formula(*shapes_of(args), **shapes_of(kwargs), out_val=shapes_of(out))
         return out
 
 
@@ -147,7 +149,7 @@ def measure(setting: dict, x: torch.Tensor, args, amp: bool, compiled: bool) -> 
             for m, step in steps.items():
                 times[m].append(time_steps(step, x, args.steps, args.device))
     except Exception as err:  # e.g. torch.compile cannot differentiate twice
-        return [f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}", "", "", "", "", "", ""]
+        return [f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"] + [""] * 6
     fm, vpfb = (statistics.median(times[m]) * 1e3 for m in ("fm", "vpfb"))
     counts = ["–", "–"]
     if not compiled:
