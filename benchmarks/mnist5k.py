@@ -5,12 +5,13 @@ training steps and (b) at equal CPU wall clock; quality is the Fréchet distance
     python benchmarks/mnist5k.py --steps 4000 --out runs/mnist5k-long                  # the preset's budget (hours)
     python benchmarks/mnist5k.py --methods vpfb --set loss.weight=uniform --out benchmarks/out/mnist5k-uniform
     OMP_NUM_THREADS=1 python benchmarks/mnist5k.py --timing-only --timing-rounds 9      # the step-time ratio only
+    OMP_NUM_THREADS=1 python benchmarks/mnist5k.py --runs runs/m --methods              # a `vpfb train` run only
 
 VPFB is `vpfb.fit` on the mnist5k-cpu preset (direct Φ = ½‖x − U(x, t)‖², pathwise Deep Ritz loss, uniform weight).
 Flow matching trains the same backbone U(x, t) to regress u = x̄ − ε at x_t = t x̄ + (1 − t) ε (uniform weight).
-All runs share batch 32, Adam with warm-up and cosine decay (lr 5e-4 → 2e-5), the warm-up length and EMA decay
-(both scaled to the VPFB budget: min(200, steps/10) warm-up steps, EMA decay min(0.999, 1 − 10/steps), so that a
-short run's average does not still remember its initialisation) and the training seed. Equal wall clock is
+All runs share the preset's training settings as a user of `vpfb train mnist5k-cpu --steps N` gets them (batch 32,
+Adam with 200 warm-up steps and cosine decay 5e-4 → 2e-5, the trainer's EMA with its warm-up ramp) and the
+training seed, hence the same initial U-Net. Equal wall clock is
 enforced through steps: step times are measured first (interleaved short runs, median of rounds) and the second
 flow-matching run gets VPFB's steps times the measured step-time ratio.
 
@@ -26,9 +27,11 @@ side_by_side.png shows, left to right, real digits and the methods in the order 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import functools
 import json
+import math
 import platform
 import shutil
 import statistics
@@ -47,7 +50,7 @@ from vpfb.config import Config, load_config
 from vpfb.data import load_images
 from vpfb.evaluation.frechet import extract_features, frechet_distance
 from vpfb.fit import ImageBatches, build_loss_from_config, fit
-from vpfb.model import build_potential
+from vpfb.model import build_potential, load
 from vpfb.plots import save_image_grid
 from vpfb.potentials import UNet, unet_config, velocity
 from vpfb.sampling import integrate
@@ -61,11 +64,10 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run_config(steps: int, budget: int, overrides: list[str] = ()) -> Config:
-    """The preset with `steps` training steps, the warm-up and EMA that fit a `budget` of VPFB steps, and then the
-    user's overrides (model and loss keys concern VPFB only; flow matching reads train.* and model.network)."""
-    return load_config(PRESET, [f"train.steps={steps}", f"train.warmup_steps={min(200, budget // 10)}",
-                                f"train.ema={min(0.999, 1 - 10 / budget)}", "train.sample_every=0", *overrides])
+def run_config(steps: int, overrides: list[str] = ()) -> Config:
+    """The preset with `steps` training steps, as `vpfb train mnist5k-cpu --steps N` has it, then the user's
+    overrides (model and loss keys concern VPFB only; flow matching reads train.* and model.network)."""
+    return load_config(PRESET, [f"train.steps={steps}", "train.sample_every=0", *overrides])
 
 
 def build(method: str, cfg: Config, shape: tuple[int, ...]):
@@ -139,6 +141,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "mnist5k")
     p.add_argument("--docs", type=Path, default=None, help="also copy the side-by-side grid here")
     p.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
+    p.add_argument("--runs", nargs="*", type=Path, default=[], metavar="DIR",
+                   help="also measure run directories written by `vpfb train` (their EMA weights), same protocol")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of the mnist5k-cpu preset, e.g. loss.weight=uniform (train.* apply to every run)")
     args = p.parse_args()
@@ -149,14 +153,16 @@ def main() -> None:
 
     data = load_images("mnist5k", labels=False)
     batches = ImageBatches(data, flip=False, labels=False)
-    cfg = run_config(args.steps, args.steps, args.set)
-    times = step_times(cfg, batches, data.shape, args.timing_rounds)
-    ratio = times["vpfb"] / times["fm"]
-    steps = {"vpfb": args.steps, "fm-steps": args.steps, "fm-clock": round(args.steps * ratio)}
-    log(f"step times: VPFB {times['vpfb']:.3f} s, FM {times['fm']:.3f} s, ratio {ratio:.2f} "
-        f"(median of {args.timing_rounds} interleaved rounds)")
+    cfg = run_config(args.steps, args.set)
+    times = {"vpfb": math.nan, "fm": math.nan}  # not measured when only --runs are scored
+    if args.methods or args.timing_only:
+        times = step_times(cfg, batches, data.shape, args.timing_rounds)
+        log(f"step times: VPFB {times['vpfb']:.3f} s, FM {times['fm']:.3f} s, ratio {times['vpfb'] / times['fm']:.2f} "
+            f"(median of {args.timing_rounds} interleaved rounds)")
     if args.timing_only:
         return
+    ratio = times["vpfb"] / times["fm"]
+    steps = {"vpfb": args.steps, "fm-steps": args.steps, "fm-clock": round(args.steps * ratio)}
 
     classifier, accuracy = load_or_train()
     real_features, row, real_grid = real_reference(data, classifier, args.samples, args.grid)
@@ -166,7 +172,7 @@ def main() -> None:
     z0 = torch.randn(args.samples, *data.shape, generator=torch.Generator().manual_seed(0))
     for method in args.methods:
         log(f"training {method} for {steps[method]} steps")
-        cfg = run_config(steps[method], args.steps, args.set)
+        cfg = run_config(steps[method], args.set)
         field, seconds = train_method(method, cfg, batches, data.shape, args.out)
         log(f"sampling {method} (trained in {seconds:.0f} s)")
         row, x_dopri = evaluate(field, z0, args.heun_steps, args.grid, classifier, real_features)
@@ -175,6 +181,16 @@ def main() -> None:
         save_image_grid(x_dopri, args.out / f"{method}.png")
         grids.append(x_dopri)
         log(f"{method}: FD {row['fd']:.3f}, dopri5 NFE {row['nfe_dopri5']:.0f}")
+    for run in args.runs:
+        model = load(run)
+        row, x_dopri = evaluate(lambda x, t: velocity(model.phi, x, t), z0, args.heun_steps, args.grid, classifier,
+                                real_features)
+        with open(run / "metrics.csv", newline="") as fh:
+            seconds = float(list(csv.DictReader(fh))[-1]["seconds"])
+        rows.append({"method": f"run {run}", "steps": model.config.train.steps, "step_ratio": math.nan,
+                     "train_s": seconds, **row})
+        grids.append(x_dopri)
+        log(f"{run}: FD {row['fd']:.3f}, dopri5 NFE {row['nfe_dopri5']:.0f}")
 
     tiles, columns = side_by_side(grids, int(args.grid ** 0.5))
     picture = save_image_grid(tiles, args.out / "side_by_side.png", columns)

@@ -15,7 +15,7 @@ from vpfb.parameterisation import EnergyPotential
 from vpfb.paths import LinearPath
 from vpfb.potentials import MLPPotential
 from vpfb.training import learning_rate, train
-from vpfb.training.trainer import clip_to_second_moment_
+from vpfb.training.trainer import clip_to_second_moment_, ema_decay
 
 
 def setup(seed=0):
@@ -49,6 +49,37 @@ def test_ema_differs_from_raw_weights_and_training_lowers_the_residual():
     raw = torch.cat([p.flatten() for p in potential.parameters()])
     ema = torch.cat([p.flatten() for p in result.ema.parameters()])
     assert not torch.equal(raw, ema)
+
+
+def test_ema_decay_ramps_up_to_the_configured_value():
+    cfg = TrainConfig(ema=0.999)
+    assert [ema_decay(cfg, n) for n in (1, 2, 90, 10_000)] == pytest.approx([2 / 11, 3 / 12, 91 / 100, 0.999])
+    assert all(1 / (1 - ema_decay(cfg, n)) <= n for n in range(2, 20_000))  # the horizon never exceeds the run
+    assert ema_decay(dataclasses.replace(cfg, ema_warmup=False), 1) == 0.999
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_a_run_shorter_than_the_ema_horizon_saves_weights_near_the_trained_ones(warmup):
+    potential, loss, data = setup()
+    initial = flat(potential)
+    cfg = TrainConfig(steps=60, batch_size=64, lr=3e-3, ema=0.9999, ema_warmup=warmup)  # horizon 10,000 steps
+    saved = flat(train(potential, loss, data, cfg, progress_bar=False).ema)
+    to_trained, to_initial = (saved - flat(potential)).norm(), (saved - initial).norm()
+    if warmup:  # the ramp's horizon is ≈ 8 steps: the saved weights sit among the last iterates
+        assert to_trained < 0.1 * to_initial
+    else:  # a fixed decay keeps 99.4% (0.9999⁵⁹) of the weights after the first step
+        assert to_initial < 0.2 * to_trained
+
+
+def test_resume_inside_the_ema_warmup_is_exact(tmp_path):
+    cfg = TrainConfig(steps=30, batch_size=32, log_every=5, checkpoint_every=10, ema=0.999)
+    whole = train(*setup(), cfg, progress_bar=False)
+    with pytest.raises(KeyboardInterrupt):  # the checkpoint of step 10 holds an EMA still on its ramp (β ≈ 0.5)
+        train(*setup(), dataclasses.replace(cfg, sample_every=1), progress_bar=False, run_dir=tmp_path,
+              callback=interrupt_at(15))
+    resumed = train(*setup(), cfg, progress_bar=False, run_dir=tmp_path)
+    assert resumed.resumed_from == 10 and ema_decay(cfg, 10) < cfg.ema
+    assert torch.equal(flat(resumed.ema), flat(whole.ema))
 
 
 def test_time_budget_stops_training():

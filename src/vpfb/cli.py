@@ -55,7 +55,7 @@ def cmd_train(args) -> None:
     cfg = load_config(args.config, args.overrides)
     if args.data:
         cfg.data.name = args.data
-    if args.steps:
+    if args.steps is not None:
         cfg.train.steps = args.steps
     out = Path(args.out or Path("runs") / Path(cfg.data.name).stem)
     if cfg.model.architecture not in IMAGE_ARCHITECTURES:

@@ -69,7 +69,8 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 3e-3
     lr_final: float = 1e-4  # cosine decay from lr to lr_final
-    ema: float = 0.995
+    ema: float = 0.995  # EMA decay β of the saved weights
+    ema_warmup: bool = True  # decay min(β, (1 + n)/(10 + n)) after n updates, so a short run's EMA forgets its start
     grad_clip: float = 1.0  # global norm; 0 disables
     seed: int = 0
     log_every: int = 100

@@ -18,6 +18,7 @@ from vpfb.parameterisation import with_labels
 from vpfb.paths import GaussianPath
 from vpfb.plots import save_image_grid
 from vpfb.training import distributed, train
+from vpfb.training.trainer import ema_decay
 
 PARTITION_MAX_DIM = 5  # measured: harmless at d = 3 and 5, ruinous at d = 10
 
@@ -59,7 +60,7 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
                       f"(measured on 10-D data: CNF NLL 47 nats with it, 10.2 without)", stacklevel=2)
         cfg.loss.partition_weight = 0.0
     standardizer = Standardizer.fit(points)
-    potential = build_potential(cfg, points.shape[1]).to(cfg.train.device)
+    potential = seeded_potential(cfg, points.shape[1])
     loss = build_loss_from_config(cfg, potential.path)
     run = Path(out) if out is not None else None
     if run is not None:
@@ -76,6 +77,14 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
         write_config(cfg, run)  # again: calibration may have set eval.density_t
         model.save(run)
     return model
+
+
+def seeded_potential(cfg: Config, shape, num_classes: int | None = None):
+    """build_potential with initial weights drawn from cfg.train.seed (on a forked RNG), so that the same command
+    gives the same model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return build_potential(cfg, shape, num_classes).to(cfg.train.device)
 
 
 def write_config(cfg: Config, run: Path) -> None:
@@ -109,6 +118,11 @@ def conditional_loss(loss, null_label: int, dropout: float):
     return loss_fn
 
 
+def grid_title(cfg, step: int) -> str:
+    """Which weights a sample grid shows: the EMA that is saved, with its decay at that step."""
+    return f"step {step}: EMA weights (the saved model), decay {ema_decay(cfg, step - 1):.4g}"
+
+
 def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = True) -> EnergyModel:
     """Train an image potential (U-Net or WideResNet) on cfg.data; sample grids go to out/samples/."""
     d, m = cfg.data, cfg.model
@@ -121,7 +135,7 @@ def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = 
     data = load_images(d.name, root=d.root or None, image_size=d.image_size or None, labels=m.conditional)
     if m.conditional and data.labels is None:
         raise ConfigError(f"model.conditional needs class labels, and {data.name} has none")
-    potential = build_potential(cfg, data.shape, data.num_classes).to(cfg.train.device)
+    potential = seeded_potential(cfg, data.shape, data.num_classes)
     loss = build_loss_from_config(cfg, potential.path)
     if m.conditional:
         loss = conditional_loss(loss, data.num_classes, m.label_dropout)
@@ -134,7 +148,7 @@ def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = 
         if world.is_main:
             model = EnergyModel(ema, cfg, None, data.shape, data.num_classes)
             save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)),
-                            run / "samples" / f"step-{step:08d}.png")
+                            run / "samples" / f"step-{step:08d}.png", title=grid_title(cfg.train, step))
 
     result = train(potential, loss, ImageBatches(data, d.flip, m.conditional), cfg.train, progress_bar=progress_bar,
                    run_dir=run, callback=sample_grid if run is not None else None)
@@ -145,5 +159,6 @@ def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = 
         if last_grid.is_file():
             shutil.copyfile(last_grid, run / "samples.png")
         else:
-            save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)), run / "samples.png")
+            save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)), run / "samples.png",
+                            title=grid_title(cfg.train, result.steps))
     return model

@@ -71,12 +71,23 @@ def image_grid(images: Tensor, columns: int | None = None) -> Tensor:
     return ((canvas + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
 
 
-def save_image_grid(images: Tensor, path: str | Path, columns: int | None = None) -> Path:
-    """Write an image grid as a PNG (grey for one channel)."""
+def save_image_grid(images: Tensor, path: str | Path, columns: int | None = None, title: str = "") -> Path:
+    """Write an image grid as a PNG (grey for one channel), pixel for pixel, or under a `title` line."""
     grid = image_grid(images, columns).numpy()
+    grid = grid[..., 0] if grid.shape[-1] == 1 else grid
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+    if not title:
+        plt.imsave(path, grid, cmap="gray", vmin=0, vmax=255)
+        return path
+    height, width = grid.shape[:2]
+    fig = plt.figure(figsize=(max(width, 320) / 100, (height + 24) / 100), dpi=100)
+    fig.text(0.5, 1 - 12 / (height + 24), title, ha="center", va="center", fontsize=7)
+    ax = fig.add_axes((0, 0, 1, height / (height + 24)))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_axis_off()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
 
 

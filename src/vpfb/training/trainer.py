@@ -14,7 +14,7 @@ from typing import Callable, Protocol, Union
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from vpfb.config import TrainConfig
@@ -55,6 +55,24 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed: float = 0.0) -> float:
     if cfg.time_budget > 0:
         progress = max(progress, elapsed / cfg.time_budget)
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def ema_decay(cfg: TrainConfig, updates: int) -> float:
+    """The EMA's decay β after `updates` averaged steps: cfg.ema, or with cfg.ema_warmup the ramp of timm and
+    diffusers, min(cfg.ema, (1 + n)/(10 + n)), whose horizon 1/(1 − β) = (10 + n)/9 stays below the n steps taken
+    (n ≥ 2), so that a run shorter than the configured horizon does not save weights still near their start."""
+    return min(cfg.ema, (1 + updates) / (10 + updates)) if cfg.ema_warmup else cfg.ema
+
+
+def exponential_average(cfg: TrainConfig) -> Callable:
+    """AveragedModel's multi_avg_fn: ē ← β ē + (1 − β) θ with β = ema_decay(cfg, n), n its count of updates (a
+    buffer of the AveragedModel, so the ramp is checkpointed and resumes exactly)."""
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor], current: list[Tensor], updates: Tensor) -> None:
+        torch._foreach_lerp_(averaged, current, 1 - ema_decay(cfg, int(updates)))
+
+    return update
 
 
 def clip_to_second_moment_(optimiser: torch.optim.Adam, scale: float = 3.0, floor: float = 0.1) -> None:
@@ -175,7 +193,7 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
     torch.manual_seed(cfg.seed + world.rank)  # each rank its own noise; rank 0 draws a single process's
     batches = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: the same global batches
     optimiser = torch.optim.Adam(potential.parameters(), lr=cfg.lr)
-    ema = AveragedModel(potential, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)).eval()
+    ema = AveragedModel(potential, multi_avg_fn=exponential_average(cfg)).eval()
     forward = CompiledVelocity(potential) if cfg.compile else potential
     config = dataclasses.asdict(cfg)
 
