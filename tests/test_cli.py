@@ -42,7 +42,7 @@ def test_a_run_whose_checkpoints_are_all_damaged_is_a_clear_error(tmp_path, caps
     checkpoints.mkdir(parents=True)
     (checkpoints / "step-00000010.safetensors").write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="skipping checkpoint"):
-        assert main(["train", "digits-cpu", "--out", str(tmp_path / "run"), "--steps", "20"]) == 2
+        assert main(["train", "digits-cpu", "--out", str(tmp_path / "run"), "--steps", "20", "--resume"]) == 2
     assert "no usable checkpoint" in capsys.readouterr().err
 
 

@@ -14,6 +14,26 @@ def test_defaults_presets_and_overrides(tmp_path):
     assert from_dict(Config().to_dict()).to_dict() == Config().to_dict()
 
 
+def test_numbers_are_read_as_a_user_writes_them():
+    cfg = load_config(None, ["train.lr=1e-3", "train.lr_final=2E-5", "loss.t_min=1e-5", "train.ema=.999"])
+    assert (cfg.train.lr, cfg.train.lr_final, cfg.loss.t_min, cfg.train.ema) == (1e-3, 2e-5, 1e-5, 0.999)
+    with pytest.raises(ConfigError, match="train.lr must be float, got 'fast'"):
+        load_config(None, ["train.lr=fast"])
+
+
+@pytest.mark.parametrize("setting,match", [
+    ("train.lr=0", "train.lr must be positive"), ("train.lr=.inf", "train.lr must be a finite number"),
+    ("train.grad_clip=-1", "train.grad_clip must be at least 0"),
+    ("train.time_budget=-5", "train.time_budget must be at least 0"), ("train.ema=1", r"decay in \[0, 1\)"),
+    ("train.steps=0", "train.steps must be at least 1"),
+])
+def test_settings_the_trainer_cannot_use_are_refused(setting, match):
+    from vpfb.training.trainer import check_train_config
+
+    with pytest.raises(ValueError, match=match):
+        check_train_config(load_config(None, [setting]).train)
+
+
 @pytest.mark.parametrize("raw,match", [
     ({"trian": {"steps": 1}}, "unknown section 'trian' \\(did you mean 'train'\\?\\)"),
     ({"train": {"step": 1}}, "unknown key train.step \\(did you mean 'steps'\\?\\)"),

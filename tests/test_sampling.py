@@ -6,7 +6,7 @@ import torch
 from conftest import GaussianTruth
 from vpfb.likelihood import divergence, grid_log_normaliser, log_likelihood
 from vpfb.paths import LinearPath, LogHomotopyPath
-from vpfb.sampling import ADAPTIVE, integrate, sample_langevin, sample_ode
+from vpfb.sampling import ADAPTIVE, SolverError, integrate, sample_langevin, sample_ode
 
 M, S = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 1.5])
 
@@ -82,6 +82,20 @@ def test_euler_counts_one_evaluation_per_step():
     sol = integrate(lambda x, t: -x, torch.ones(3, 2), solver="euler", steps=10)
     assert sol.nfe == 10
     torch.testing.assert_close(sol.x, torch.full((3, 2), 0.9**10))
+
+
+def test_a_solve_that_cannot_finish_stops_with_a_clear_error():
+    x0 = torch.randn(8, 2)
+    stiff = lambda x, t: -1e6 * x  # noqa: E731  (dopri5 needs ~10⁶ evaluations at rtol 1e-3)
+    with pytest.raises(SolverError, match="dopri5 went past its limit of 300 velocity evaluations"):
+        integrate(stiff, x0, max_nfe=300)
+    with pytest.raises(SolverError, match="dopri5 went past its limit of 300"):
+        log_likelihood(lambda x, t: -1e6 * x, x0, max_nfe=300)
+    broken = lambda x, t: x * torch.where(t[:, None] > 0.5, float("nan"), 1.0)  # noqa: E731
+    for solver in ("dopri5", "euler"):
+        with pytest.raises(SolverError, match=r"not finite at t = 0\.[5-9]"):
+            integrate(broken, x0, solver=solver, steps=64)
+    assert integrate(lambda x, t: -x, x0, max_nfe=300).nfe <= 300
 
 
 def test_unknown_solver_is_rejected():

@@ -14,7 +14,7 @@ from vpfb.losses import DeepRitzLoss, LossOutput
 from vpfb.parameterisation import EnergyPotential
 from vpfb.paths import LinearPath
 from vpfb.potentials import MLPPotential
-from vpfb.training import learning_rate, train
+from vpfb.training import checkpoint, learning_rate, train
 from vpfb.training.trainer import clip_to_second_moment_, ema_decay
 
 
@@ -166,6 +166,18 @@ def test_nan_guard_gives_up_after_max_restores():
         train(potential, nan_at(loss, set(range(3, 21))), data, cfg, progress_bar=False)
     assert [str(w.message).split(":")[0] for w in caught] == [f"non-finite loss or gradient at step {s}"
                                                                for s in (3, 4)]
+
+
+def test_nan_guard_ends_a_run_that_fails_every_other_step(tmp_path):
+    potential, loss, data = setup()
+    cfg = TrainConfig(steps=200, batch_size=32, checkpoint_every=10, max_restores=3)
+    gives_up = r"at step 11 .*restore\(s\) of the state of step 10; \S+ keeps the checkpoint of step 10\. Lower"
+    with pytest.warns(UserWarning) as caught, pytest.raises(FloatingPointError, match=gives_up):
+        train(potential, nan_at(loss, set(range(11, 201, 2))), data, cfg, progress_bar=False, run_dir=tmp_path)
+    assert len(caught) == 3  # steps 11, 13, 15 restored; the fourth failure, at 17, ends the run
+    saved = checkpoint.load_latest(tmp_path)  # the last good state, also left in the potential
+    assert saved.step == 10 and torch.equal(flat(potential), torch.cat([saved.tensors[f"model.{name}"].flatten()
+                                                                        for name, _ in potential.named_parameters()]))
 
 
 def test_a_non_finite_gradient_with_a_finite_loss_is_caught():

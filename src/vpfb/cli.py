@@ -12,6 +12,7 @@ import torch
 from vpfb.config import Config, load_config, presets
 from vpfb.data import TOY_DATASETS, load_data, sample_toy, toy_log_density
 from vpfb.model import IMAGE_ARCHITECTURES
+from vpfb.sampling import SolverError
 from vpfb.training.checkpoint import CorruptCheckpointError
 
 
@@ -27,14 +28,14 @@ def held_out_split(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     return points[order[n_test:]], points[order[:n_test]]
 
 
-def train_and_report(cfg: Config, out: Path, progress_bar: bool = True) -> dict[str, float]:
+def train_and_report(cfg: Config, out: Path, progress_bar: bool = True, existing: str = "check") -> dict[str, float]:
     from vpfb.evaluation.report2d import report_2d
     from vpfb.fit import fit
 
     train_points, test_points = held_out_split(cfg)
     print(f"training on {len(train_points)} points of dimension {train_points.shape[1]} from {cfg.data.name!r}; "
           f"run directory {out}")
-    model = fit(cfg, out, train_points, progress_bar)
+    model = fit(cfg, out, train_points, progress_bar, existing)
     if model.dim == 2:
         truth = None
         if cfg.data.name in TOY_DATASETS and toy_log_density(cfg.data.name, test_points[:1]) is not None:
@@ -59,7 +60,7 @@ def cmd_train(args) -> None:
         cfg.train.steps = args.steps
     out = Path(args.out or Path("runs") / Path(cfg.data.name).stem)
     if cfg.model.architecture not in IMAGE_ARCHITECTURES:
-        return train_and_report(cfg, out)
+        return train_and_report(cfg, out, existing=run_policy(args))
     from vpfb.fit import fit
     from vpfb.training import distributed
 
@@ -68,11 +69,24 @@ def cmd_train(args) -> None:
         if world.is_main:
             print(f"training {cfg.model.architecture} on {cfg.data.name!r} in {world.size} process(es); "
                   f"run directory {out}")
-        fit(cfg, out)
+        fit(cfg, out, existing=run_policy(args))
         if world.is_main:
             print(f"samples: {out}/samples.png")
     finally:
         distributed.cleanup()
+
+
+def run_policy(args) -> str:
+    """What to do with a run directory holding another run: refuse (default), --resume it or --force afresh."""
+    if args.resume and args.force:
+        raise ValueError("--resume continues the run in --out and --force discards it: give one of them")
+    return "resume" if args.resume else "restart" if args.force else "check"
+
+
+def add_run_directory_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue the run in --out even if its settings or data "
+                                                         "differ from these")
+    p.add_argument("--force", action="store_true", help="discard the run in --out and start afresh")
 
 
 def cmd_sample(args) -> None:
@@ -145,7 +159,7 @@ def cmd_eval(args) -> None:
 def cmd_demo(args) -> None:
     cfg = load_config("toy2d")
     cfg.train.steps = args.steps
-    metrics = train_and_report(cfg, Path(args.out))
+    metrics = train_and_report(cfg, Path(args.out), existing=run_policy(args))
     print(f"pictures: {args.out}/trajectories.png, {args.out}/boltzmann.png, {args.out}/density.png")
     if "true_nll" in metrics:
         print(f"gap to the true density: CNF {metrics['cnf_nll'] - metrics['true_nll']:+.3f} nats, "
@@ -162,6 +176,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default runs/<data>)")
     t.add_argument("--steps", type=int, help="training steps")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-3")
+    add_run_directory_options(t)
     t.set_defaults(func=cmd_train)
     s = sub.add_parser("sample", help="draw samples from a trained model")
     s.add_argument("run", help="run directory")
@@ -198,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train on two moons and write the paper's 2-D figures")
     d.add_argument("--out", default="demo")
     d.add_argument("--steps", type=int, default=6000)
+    add_run_directory_options(d)
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -212,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     # bad input, a missing optional extra, a run whose every checkpoint is damaged: one line, no traceback
-    except (ValueError, FileNotFoundError, ImportError, CorruptCheckpointError) as err:
+    # (and a run that diverged beyond the NaN guard, a solve that cannot finish)
+    except (ValueError, FileNotFoundError, ImportError, CorruptCheckpointError, FloatingPointError,
+            SolverError) as err:
         print(f"vpfb: error: {err}", file=sys.stderr)
         return 2
     return 0

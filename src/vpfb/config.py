@@ -80,7 +80,7 @@ class TrainConfig:
     clip_mode: str = "norm"  # "norm" (global norm ≤ grad_clip) or "released" (each entry to ±(3√v̂ + 0.1), Adam's v̂)
     checkpoint_every: int = 1000  # steps between checkpoints (written only with a run directory) and restore points
     keep_checkpoints: int = 2  # newest checkpoints kept in run_dir/checkpoints
-    max_restores: int = 3  # consecutive non-finite steps survived by restoring the last good state and skipping
+    max_restores: int = 3  # non-finite steps survived between restore points (restore the last good state, skip)
     sample_every: int = 0  # steps between calls of train()'s callback(step, ema_module); 0 never calls it
     tensorboard: bool = False  # also log metrics to TensorBoard (beside metrics.csv) when it is installed
     amp: str = "none"  # "none" or "bf16" (autocast of the loss, on CUDA or CPU)
@@ -138,6 +138,11 @@ def _set(target: Any, section: str, key: str, value: Any, where: str) -> None:
     expected = type(getattr(target, key))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if expected is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: {section}.{key} must be {expected.__name__}, got {value!r}")
     setattr(target, key, value)

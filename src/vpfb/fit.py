@@ -18,7 +18,9 @@ from vpfb.parameterisation import with_labels
 from vpfb.paths import GaussianPath
 from vpfb.plots import save_image_grid
 from vpfb.training import distributed, train
-from vpfb.training.trainer import ema_decay
+from vpfb.training.checkpoint import digest
+from vpfb.training.rundir import claim
+from vpfb.training.trainer import check_train_config, ema_decay
 
 PARTITION_MAX_DIM = 5  # measured: harmless at d = 3 and 5, ruinous at d = 10
 
@@ -43,12 +45,14 @@ def build_loss_from_config(cfg: Config, path: GaussianPath):
     return build_loss(cfg.loss.name, path, time_sampler=sampler)
 
 
-def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None,
-        progress_bar: bool = True) -> EnergyModel:
-    """Train on cfg.data (or the given points [N, d]) and, when `out` is given, save the run there; running it
-    again on the same `out` resumes the run from its last checkpoint."""
+def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None, progress_bar: bool = True,
+        existing: str = "check") -> EnergyModel:
+    """Train on cfg.data (or the given points [N, d]) and, when `out` is given, save the run there. Running the same
+    run again on the same `out` resumes it from its last checkpoint; a different one (configuration or data) is
+    refused unless existing="resume" (continue it with the new settings) or "restart" (discard it): see
+    vpfb.training.rundir.claim."""
     if cfg.model.architecture in IMAGE_ARCHITECTURES:
-        return fit_images(cfg, out, progress_bar)
+        return fit_images(cfg, out, progress_bar, existing)
     if points is None:
         points, _ = load_data(cfg.data.name, cfg.data.n, cfg.data.seed)
     points = torch.as_tensor(points, dtype=torch.float32)
@@ -62,20 +66,20 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
     standardizer = Standardizer.fit(points)
     potential = seeded_potential(cfg, points.shape[1])
     loss = build_loss_from_config(cfg, potential.path)
-    run = Path(out) if out is not None else None
-    if run is not None:
-        run.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, run)
-    result = train(potential, loss, standardizer.transform(points).to(cfg.train.device), cfg.train,
-                   progress_bar=progress_bar, run_dir=run)
-    model = EnergyModel(result.ema, cfg, standardizer).to(cfg.train.device)
-    if cfg.eval.calibrate:
-        pick = torch.randperm(len(points), generator=torch.Generator().manual_seed(cfg.train.seed))
-        cfg.eval.density_t, _ = calibrate_density_t(model, points[pick[: cfg.eval.calibrate_points]],
-                                                    cfg.eval.calibrate_times)
-    if run is not None:
-        write_config(cfg, run)  # again: calibration may have set eval.density_t
-        model.save(run)
+    check_train_config(cfg.train)
+    with claim(out, cfg.to_dict(), digest({"points": points}), existing) as run:
+        if run is not None:
+            write_config(cfg, run)
+        result = train(potential, loss, standardizer.transform(points).to(cfg.train.device), cfg.train,
+                       progress_bar=progress_bar, run_dir=run)
+        model = EnergyModel(result.ema, cfg, standardizer).to(cfg.train.device)
+        if cfg.eval.calibrate:
+            pick = torch.randperm(len(points), generator=torch.Generator().manual_seed(cfg.train.seed))
+            cfg.eval.density_t, _ = calibrate_density_t(model, points[pick[: cfg.eval.calibrate_points]],
+                                                        cfg.eval.calibrate_times)
+        if run is not None:
+            write_config(cfg, run)  # again: calibration may have set eval.density_t
+            model.save(run)
     return model
 
 
@@ -123,7 +127,8 @@ def grid_title(cfg, step: int) -> str:
     return f"step {step}: EMA weights (the saved model), decay {ema_decay(cfg, step - 1):.4g}"
 
 
-def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = True) -> EnergyModel:
+def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = True,
+               existing: str = "check") -> EnergyModel:
     """Train an image potential (U-Net or WideResNet) on cfg.data; sample grids go to out/samples/."""
     d, m = cfg.data, cfg.model
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
@@ -139,9 +144,15 @@ def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = 
     loss = build_loss_from_config(cfg, potential.path)
     if m.conditional:
         loss = conditional_loss(loss, data.num_classes, m.label_dropout)
-    run = Path(out) if out is not None else None
+    check_train_config(cfg.train)
+    fingerprint = digest({"images": data.images, **({"labels": data.labels} if m.conditional else {})})
+    with claim(out if world.is_main else None, cfg.to_dict(), fingerprint, existing):
+        return _train_images(cfg, Path(out) if out is not None else None, data, potential, loss, progress_bar)
+
+
+def _train_images(cfg: Config, run: Path | None, data: ImageData, potential, loss, progress_bar: bool) -> EnergyModel:
+    world = distributed.current()
     if run is not None and world.is_main:
-        run.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run)
 
     def sample_grid(step: int, ema) -> None:
@@ -150,7 +161,8 @@ def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = 
             save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)),
                             run / "samples" / f"step-{step:08d}.png", title=grid_title(cfg.train, step))
 
-    result = train(potential, loss, ImageBatches(data, d.flip, m.conditional), cfg.train, progress_bar=progress_bar,
+    result = train(potential, loss, ImageBatches(data, cfg.data.flip, cfg.model.conditional), cfg.train,
+                   progress_bar=progress_bar,
                    run_dir=run, callback=sample_grid if run is not None else None)
     model = EnergyModel(result.ema, cfg, None, data.shape, data.num_classes)
     if run is not None and world.is_main:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from vpfb.sampling import Field, draw_like, end_inside
+from vpfb.sampling import MAX_NFE, Evaluations, Field, draw_like, end_inside
 
 
 def divergence(v: Tensor, x: Tensor, noise: Tensor | None = None) -> Tensor:
@@ -27,11 +27,14 @@ def divergence(v: Tensor, x: Tensor, noise: Tensor | None = None) -> Tensor:
 
 def log_likelihood(field: Field, x1: Tensor, t0: float = 0.0, t1: float = 1.0, prior_std: float = 1.0,
                    hutchinson: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
-                   method: str = "dopri5", generator: torch.Generator | None = None) -> Tensor:
+                   method: str = "dopri5", generator: torch.Generator | None = None,
+                   max_nfe: int = MAX_NFE) -> Tensor:
     """log p₁(x₁) = log N(x₀; 0, prior_std² I) − ∫ ∇·v(x_t, t) dt, integrating the flow back from t1 to t0.
 
-    `field(x, t)` must be differentiable in x (for a potential: v = ∇Φ with create_graph=True).
+    `field(x, t)` must be differentiable in x (for a potential: v = ∇Φ with create_graph=True). The solve stops with
+    a SolverError after `max_nfe` evaluations.
     """
+    evaluations = Evaluations(method, max_nfe)
     noise = None
     if hutchinson:  # one Rademacher probe per sample, held fixed along the path (FFJORD)
         noise = (draw_like(torch.rand, x1, generator) < 0.5).to(x1.dtype) * 2 - 1
@@ -42,7 +45,7 @@ def log_likelihood(field: Field, x1: Tensor, t0: float = 0.0, t1: float = 1.0, p
             x = x.detach().requires_grad_(True)
             v = field(x, t.expand(x.shape[0]))
             div = divergence(v, x, noise)
-        return v.detach(), div.detach()
+        return evaluations.check(t, v.detach()), div.detach()
 
     times = torch.tensor([t1, t0], dtype=x1.dtype, device=x1.device)
     zero = torch.zeros(x1.shape[0], dtype=x1.dtype, device=x1.device)

@@ -23,6 +23,34 @@ class ODESolution:
     trajectory: Tensor | None = None  # [T, N, ...]
 
 
+MAX_NFE = 10_000  # velocity evaluations after which a solve is stopped as stuck
+
+
+class SolverError(RuntimeError):
+    """An ODE solve that cannot finish: more evaluations than allowed, or a velocity that is not finite."""
+
+
+class Evaluations:
+    """Counts a solver's evaluations of the velocity and stops the solve with a SolverError past `limit` of them or
+    at a non-finite velocity, where an adaptive solver would otherwise shrink its step without end."""
+
+    def __init__(self, solver: str, limit: int):
+        if limit < 1:
+            raise ValueError(f"max_nfe must be at least 1, got {limit}")
+        self.solver, self.limit, self.count = solver, limit, 0
+
+    def check(self, t: Tensor, v: Tensor) -> Tensor:
+        self.count += 1
+        if not bool(torch.isfinite(v).all()):
+            raise SolverError(f"the velocity is not finite at t = {float(t):.4g} ({self.solver}, evaluation "
+                              f"{self.count}): the model's weights or inputs hold NaN or inf")
+        if self.count > self.limit:
+            raise SolverError(f"{self.solver} went past its limit of {self.limit} velocity evaluations at t = "
+                              f"{float(t):.4g}: the field is too stiff for this rtol/atol (a diverged model?). "
+                              f"Loosen rtol/atol, raise max_nfe or use a fixed-step solver")
+        return v
+
+
 def end_inside(method: str, times: Tensor) -> dict | None:
     """odeint options for integrating over `times`. torchdiffeq's adaptive solvers step past the end time and
     interpolate back; a network trained on t ∈ [0, 1] must not be read outside it, so their last step is cut to
@@ -31,11 +59,13 @@ def end_inside(method: str, times: Tensor) -> dict | None:
 
 
 def integrate(field: Field, x0: Tensor, t0: float = 0.0, t1: float = 1.0, solver: str = "dopri5",
-              steps: int = 100, rtol: float = 1e-3, atol: float = 1e-3, save: int | None = None) -> ODESolution:
+              steps: int = 100, rtol: float = 1e-3, atol: float = 1e-3, save: int | None = None,
+              max_nfe: int = MAX_NFE) -> ODESolution:
     """Solve dx/dt = field(x, t) from t0 to t1 with torchdiffeq.
 
     Fixed-step solvers ("euler", "heun", "rk4") take `steps` equal steps; adaptive ones ("dopri5", ...)
-    use rtol/atol. `save` = k returns the states at k equally spaced times (k ≥ 2, endpoints included).
+    use rtol/atol and stop with a SolverError after `max_nfe` evaluations. `save` = k returns the states at k
+    equally spaced times (k ≥ 2, endpoints included).
     """
     if solver not in FIXED_STEP and solver not in ADAPTIVE:
         raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(FIXED_STEP) + list(ADAPTIVE)}")
@@ -43,12 +73,10 @@ def integrate(field: Field, x0: Tensor, t0: float = 0.0, t1: float = 1.0, solver
         raise ValueError(f"steps must be at least 1, got {steps}")
     if save is not None and save < 2:
         raise ValueError(f"save must be at least 2 (both endpoints), got {save}")
-    nfe = 0
+    evaluations = Evaluations(solver, max_nfe)
 
     def counted(t: Tensor, x: Tensor) -> Tensor:
-        nonlocal nfe
-        nfe += 1
-        return field(x, t.expand(x.shape[0])).detach()
+        return evaluations.check(t, field(x, t.expand(x.shape[0])).detach())
 
     times = torch.linspace(t0, t1, save or 2, dtype=x0.dtype, device=x0.device)
     if solver in FIXED_STEP:
@@ -57,8 +85,8 @@ def integrate(field: Field, x0: Tensor, t0: float = 0.0, t1: float = 1.0, solver
     else:
         path = odeint(counted, x0, times, method=solver, rtol=rtol, atol=atol, options=end_inside(solver, times))
     if save is None:
-        return ODESolution(path[-1], nfe)
-    return ODESolution(path[-1], nfe, times, path)
+        return ODESolution(path[-1], evaluations.count)
+    return ODESolution(path[-1], evaluations.count, times, path)
 
 
 def sample_ode(potential: Potential, x0: Tensor, t0: float = 0.0, t1: float = 1.0, **kwargs) -> ODESolution:

@@ -101,7 +101,7 @@ def save(snapshot: Snapshot, run_dir: Path, keep: int) -> Path:
     for stale in folder.glob(".step-*.tmp"):  # left by a process killed while writing
         stale.unlink()
     record = {"format": FORMAT, "step": snapshot.step, "seconds": snapshot.seconds, **snapshot.meta,
-              "sha256": _digest(snapshot.tensors)}
+              "sha256": digest(snapshot.tensors)}
     path = folder / f"step-{snapshot.step:08d}.safetensors"
     atomic_write(path, safetensors_bytes(snapshot.tensors, metadata={"vpfb": json.dumps(record)}))
     for old in checkpoint_paths(run_dir)[keep:]:
@@ -137,7 +137,7 @@ def read(path: Path) -> Snapshot:
     missing = {"step", "seconds", "sha256", *META_KEYS} - set(record)
     if missing:
         raise CorruptCheckpointError(f"its record lacks {sorted(missing)}")
-    if _digest(tensors) != record["sha256"]:
+    if digest(tensors) != record["sha256"]:
         raise CorruptCheckpointError("checksum mismatch: the tensors differ from those written")
     return Snapshot(record["step"], record["seconds"], tensors, {k: record[k] for k in META_KEYS}, source=str(path))
 
@@ -199,10 +199,11 @@ def _optimiser_state(snapshot: Snapshot, optimiser: torch.optim.Optimizer) -> di
     return {"state": state, "param_groups": groups}
 
 
-def _digest(tensors: dict[str, Tensor]) -> str:
+def digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 (hex) of named tensors: their names, dtypes, shapes and bytes."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name]
+        t = tensors[name].detach().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()

@@ -180,6 +180,9 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
                          f"{world.size} processes")
     if len(data) < 2:
         raise ValueError(f"need at least 2 training points, got {len(data)}")
+    if cfg.batch_size > len(data) and world.is_main:
+        warnings.warn(f"train.batch_size={cfg.batch_size} is larger than the {len(data)} training points: batches "
+                      f"repeat points (they are drawn with replacement)", stacklevel=2)
     if not isinstance(data, Tensor) and not callable(getattr(data, "batch", None)):
         raise TypeError(f"data must be a tensor or have a batch(index, generator) method, got {type(data).__name__}")
     if run_dir is not None:
@@ -235,23 +238,24 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
             out = LossOutput(loss, dict(zip(out.parts, parts)))
             grad_norm = clip_gradients(potential, optimiser, cfg)
 
-            # divergence guard: go back to the last good state and skip this batch, a few times in a row at most.
+            # divergence guard: go back to the last good state and skip this batch, at most max_restores times
+            # before the next restore point (a run failing every other step makes no progress and must end).
             # The loss and gradients are means over the ranks, non-finite on all ranks if on one: all decide alike.
             if not bool(torch.isfinite(out.loss) & torch.isfinite(grad_norm)):
                 failures += 1
                 first_failure = first_failure or describe_failure(step, out, grad_norm)
-                if failures > cfg.max_restores:
-                    raise FloatingPointError(
-                        f"{first_failure}; still non-finite after {cfg.max_restores} restore(s) of the state of step "
-                        f"{good.step}. Lower train.lr, raise train.warmup_steps or loss.t_min, or clip gradients "
-                        f"(train.grad_clip, train.clip_mode)")
                 checkpoint.restore_weights(good, potential, ema, optimiser)
+                if failures > cfg.max_restores:
+                    kept = f"; {run_dir} keeps the checkpoint of step {good.step}" if run_dir and good.step else ""
+                    raise FloatingPointError(
+                        f"{first_failure}; non-finite again after {cfg.max_restores} restore(s) of the state of step "
+                        f"{good.step}{kept}. Lower train.lr, raise train.warmup_steps or loss.t_min, or clip "
+                        f"gradients (train.grad_clip, train.clip_mode)")
                 if world.is_main:
                     warnings.warn(f"non-finite loss or gradient at step {step}: restored the state of step "
                                   f"{good.step} and skipped this batch ({failures}/{cfg.max_restores})", stacklevel=2)
                 bar.update(1)
                 continue
-            failures, first_failure = 0, ""
 
             optimiser.step()
             ema.update_parameters(potential)
@@ -265,6 +269,7 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
             if step % cfg.checkpoint_every == 0:
                 good = checkpoint.capture(step, time.perf_counter() - start, potential, ema, optimiser, batches,
                                           config)
+                failures, first_failure = 0, ""
                 if run_dir is not None:
                     save_checkpoint(good, world, device, run_dir, cfg.keep_checkpoints)
             if callback is not None and cfg.sample_every > 0 and step % cfg.sample_every == 0:
@@ -311,7 +316,17 @@ def check_train_config(cfg: TrainConfig) -> None:
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
-    for name, least in (("steps", 0), ("batch_size", 1), ("log_every", 1), ("checkpoint_every", 1),
+    for name in ("lr", "lr_final", "ema", "grad_clip", "time_budget"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ValueError(f"train.{name} must be a finite number, got {getattr(cfg, name)}")
+    if cfg.lr <= 0 or cfg.lr_final < 0:
+        raise ValueError(f"train.lr must be positive and train.lr_final at least 0, got {cfg.lr} and {cfg.lr_final}")
+    if not 0 <= cfg.ema < 1:
+        raise ValueError(f"train.ema is a decay in [0, 1), got {cfg.ema}")
+    for name in ("grad_clip", "time_budget"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"train.{name} must be at least 0 (0 turns it off), got {getattr(cfg, name)}")
+    for name, least in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("checkpoint_every", 1),
                         ("keep_checkpoints", 1), ("warmup_steps", 0), ("max_restores", 0), ("sample_every", 0)):
         if getattr(cfg, name) < least:
             raise ValueError(f"train.{name} must be at least {least}, got {getattr(cfg, name)}")
