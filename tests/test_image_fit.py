@@ -112,7 +112,10 @@ def test_cli_trains_an_image_preset_and_resumes(tmp_path, capsys):
     args = ["train", "digits-cpu", "--out", str(out), "--steps", "4", "train.batch_size=8", "train.sample_every=0",
             "train.checkpoint_every=2"]
     assert main(args) == 0
-    assert main(args[:5] + ["6"] + args[6:]) == 0
+    assert main(args[:5] + ["6"] + args[6:]) == 2  # more steps is another run: say so, or --resume
+    assert "holds a different run (train.steps: 4 → 6)" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="other settings"):
+        assert main(args[:5] + ["6"] + args[6:] + ["--resume"]) == 0
     assert "resuming from" in capsys.readouterr().err
     steps = [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) and steps[-1] == 6

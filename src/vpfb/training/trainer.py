@@ -180,11 +180,11 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
                          f"{world.size} processes")
     if len(data) < 2:
         raise ValueError(f"need at least 2 training points, got {len(data)}")
+    if not isinstance(data, Tensor) and not callable(getattr(data, "batch", None)):
+        raise TypeError(f"data must be a tensor or have a batch(index, generator) method, got {type(data).__name__}")
     if cfg.batch_size > len(data) and world.is_main:
         warnings.warn(f"train.batch_size={cfg.batch_size} is larger than the {len(data)} training points: batches "
                       f"repeat points (they are drawn with replacement)", stacklevel=2)
-    if not isinstance(data, Tensor) and not callable(getattr(data, "batch", None)):
-        raise TypeError(f"data must be a tensor or have a batch(index, generator) method, got {type(data).__name__}")
     if run_dir is not None:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
