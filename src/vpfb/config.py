@@ -41,7 +41,7 @@ class ModelConfig:
     hidden: int = 256  # mlp width
     depth: int = 3  # mlp hidden layers; wideresnet depth (6k + 4)
     network: str = "mnist5k-cpu"  # unet: a named setting of vpfb.potentials.UNET_CONFIGS
-    head: str = "ae"  # unet: "ae" (the released ½‖x − U(x, t)‖²) or "scalar" (pooled features → linear)
+    head: str = "ae"  # unet: "ae" (direct: the released Φ = ½‖x − U‖²; energy: ψ = −½‖x/√v − μW‖²) or "scalar"
     widen: int = 10  # wideresnet widen factor
     conditional: bool = False  # Φ(x, t | c) on the data's class labels
     label_dropout: float = 0.2  # conditional: probability of the null label during training

@@ -16,7 +16,7 @@ from vpfb.config import Config, ConfigError, from_dict
 from vpfb.data import Standardizer
 from vpfb.energy import CombinedPotential, boltzmann
 from vpfb.likelihood import bits_per_dim, log_likelihood
-from vpfb.parameterisation import parameterise, with_labels
+from vpfb.parameterisation import DenoisingEnergy, parameterise, with_labels
 from vpfb.paths import build_path, expand_like
 from vpfb.potentials import AEEnergy, MLPPotential, ScalarHead, UNet, WideResNetPotential, unet_config, velocity
 from vpfb.sampling import ODESolution, integrate, sample_langevin
@@ -58,10 +58,14 @@ def build_network(cfg: Config, shape: tuple[int, ...], num_classes: int | None =
 
 
 def build_potential(cfg: Config, shape: tuple[int, ...] | int, num_classes: int | None = None) -> nn.Module:
-    """The potential a config describes: network, path and parameterisation."""
+    """The potential a config describes: network, path and parameterisation. The autoencoder head under the energy
+    parameterisation is the autoencoder energy of ψ (DenoisingEnergy), not ψ = −‖x‖²/(2v) + ½μ‖x − U‖²."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     net = build_network(cfg, shape, num_classes)
-    return parameterise(cfg.model.parameterisation, net, build_path(cfg.path.name, **cfg.path.kwargs()))
+    path = build_path(cfg.path.name, **cfg.path.kwargs())
+    if cfg.model.parameterisation == "energy" and isinstance(net, AEEnergy):
+        net = DenoisingEnergy(net.backbone, path)
+    return parameterise(cfg.model.parameterisation, net, path)
 
 
 class EnergyModel:

@@ -9,6 +9,10 @@ For any Gaussian path the optimal potential satisfies ∇Φ* = f x + ½ g² ∇l
   Φ = (v̇/4v)‖x‖² + σ(μ̇σ − σ̇μ) N(x, t): finite on all of [0, 1], exact (ψ = log N(0, I)) at t = 0, and equal to
   the optimum for standardised Gaussian data when N = 0. Reading ψ divides by nothing.
 
+For images the energy parameterisation takes the autoencoder head in ψ's space (``DenoisingEnergy``):
+ψ = −½‖x/√v − μW(x, t)‖² with a bounded image network W, so that ψ carries the 1/σ² scale of a log-density near the
+data in its form (a scalar head must learn it), stays exactly log N(0, I) at t = 0 and confines for any weights.
+
 A conditional network takes labels as a third argument, N(x, t, c); `with_labels` binds them so that losses and
 samplers, which only know Φ(x, t), use it unchanged.
 """
@@ -64,6 +68,31 @@ class EnergyPotential(nn.Module):
     def log_density(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         v, _ = self.path.reference_variance(t)
         return -flat_dot(x, x) / (2 * v) + self.path.mu(t) * call_net(self.net, x, t, c)
+
+
+class DenoisingEnergy(nn.Module):
+    """The scalar N(x, t[, c]) = ⟨x, W⟩/√v − ½μ‖W‖² with W = B·tanh(U(x, t[, c])/B), U an image network, so that
+    EnergyPotential's ψ = −‖x‖²/(2v) + μN = −½‖ε̂‖², ε̂ = x/√v − μW: an autoencoder energy of the log-density.
+
+    ε̂ plays the noise that a denoiser removes: near the data ψ ≈ −‖x − μx̄‖²/(2σ²) asks for ε̂ ≈ (x − μx̄)/σ
+    (the denoiser-shaped energies of Salimans & Ho 2021 and Du et al. 2023, preconditioned so that W stays O(1)).
+    With U = 0 (a zero-initialised output) ψ is the reference log N(0, vI); at t = 0 it is log N(0, I) exactly; and
+    since |W| ≤ B in every pixel, ψ ≤ −½(‖x‖/√v − μB√d)² once ‖x‖ ≥ μB√(vd) (d pixels): exp ψ is integrable for
+    every weight setting, so Langevin dynamics on ψ cannot run away.
+    """
+
+    def __init__(self, backbone: nn.Module, path: GaussianPath, bound: float = 10.0):
+        super().__init__()
+        self.backbone, self.path, self.bound = backbone, path, bound
+
+    def bounded_output(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        """W = B·tanh(U/B) ∈ (−B, B)."""
+        return self.bound * torch.tanh(call_net(self.backbone, x, t, c) / self.bound)
+
+    def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        w = self.bounded_output(x, t, c)
+        v, _ = self.path.reference_variance(t)
+        return flat_dot(x, w) / v.sqrt() - 0.5 * self.path.mu(t) * flat_dot(w, w)
 
 
 class LabelledPotential:

@@ -1,0 +1,96 @@
+"""The image energy parameterisation ψ = −½‖x/√v − μW‖² (DenoisingEnergy inside EnergyPotential): exact on Gaussian
+data, the prior at t = 0, the reference Gaussian at initialisation, confining for any weights, and a U-Net in it."""
+import math
+
+import pytest
+import torch
+from conftest import GaussianTruth
+from test_image_potentials import TINY, randomise
+
+from vpfb.config import load_config
+from vpfb.model import build_potential
+from vpfb.parameterisation import DenoisingEnergy, EnergyPotential
+from vpfb.paths import LinearPath, LogHomotopyPath
+from vpfb.potentials import UNet, potential_and_velocity
+
+SHAPE = (2, 4, 4)  # 32 "pixels"
+
+
+class GaussianOptimum(torch.nn.Module):
+    """The U that makes ψ the Gaussian data's log ρ̄ₜ = −‖x − μm‖²/(2V) + C, V = μ²s² + σ² per pixel: W =
+    (x/√v − (x − μm)/√V)/μ, passed through atanh so that the bound B·tanh(U/B) gives W back exactly."""
+
+    def __init__(self, path, m, s, bound):
+        super().__init__()
+        self.path, self.m, self.s, self.bound = path, m, s, bound
+
+    def forward(self, x, t, c=None):
+        p, tt = self.path, t.reshape(-1, 1, 1, 1)
+        mu, sigma = p.mu(tt), p.sigma(tt)
+        w = (x / (mu**2 + sigma**2).sqrt() - (x - mu * self.m) / (mu**2 * self.s**2 + sigma**2).sqrt()) / mu
+        return self.bound * torch.atanh(w / self.bound)
+
+
+@pytest.mark.parametrize("path", [LinearPath(), LinearPath(0.05), LogHomotopyPath(nu=0.2)], ids=str)
+def test_exact_on_gaussian_data(path):
+    m = 0.3 * torch.randn(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    s = 0.4 + 0.3 * torch.rand(SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    truth = GaussianTruth(path, m.flatten(), s.flatten()).double()
+    energy = EnergyPotential(DenoisingEnergy(GaussianOptimum(path, m, s, 10.0), path, bound=10.0), path)
+    for time in (0.05, 0.5, 0.95):
+        t = torch.full((16,), time, dtype=torch.float64)
+        x = time * truth.sample_data(16, torch.Generator().manual_seed(2)).reshape(16, *SHAPE) \
+            + (1 - time) * torch.randn(16, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        flat = x.flatten(1)
+        phi, v = potential_and_velocity(energy, x, t)
+        torch.testing.assert_close(v.flatten(1), truth.velocity(flat, t), rtol=1e-6, atol=1e-6)  # the true flow
+        # ψ = log ρ̄ₜ + C(t) and Φ = Φ* + C'(t): the differences are one constant over x at this t
+        for gap in (energy.log_density(x, t) - truth.log_density(flat, t), phi - truth.potential(flat, t)):
+            torch.testing.assert_close(gap, gap[:1].expand(16), rtol=0, atol=1e-6)
+
+
+def test_the_prior_at_t0_and_the_reference_gaussian_at_initialisation():
+    path = LinearPath()
+    potential = EnergyPotential(DenoisingEnergy(randomise(UNet(**TINY)), path), path)
+    x = torch.randn(4, 2, 8, 8)
+    zero = torch.zeros(4)
+    torch.testing.assert_close(potential.log_density(x, zero), -0.5 * x.flatten(1).square().sum(1))
+    fresh = EnergyPotential(DenoisingEnergy(UNet(**TINY), path), path)  # zero-initialised output: U = 0
+    t = torch.rand(4)
+    v = t**2 + (1 - t) ** 2
+    torch.testing.assert_close(fresh.log_density(x, t), -x.flatten(1).square().sum(1) / (2 * v))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_confining_for_random_weights(seed):
+    """ψ(x) ≤ −½(‖x‖/√v − μB√d)² whatever the weights: checked far out along random directions, with weights
+    perturbed hard (scale 1) so that U is large and wild."""
+    torch.manual_seed(seed)
+    path, bound = LinearPath(), 10.0
+    potential = EnergyPotential(DenoisingEnergy(randomise(UNet(**TINY), scale=1.0), path, bound), path)
+    d, t = 2 * 8 * 8, torch.full((6,), 0.9)
+    directions = torch.randn(6, 2, 8, 8)
+    for radius in (1e3, 1e4, 1e5):
+        x = radius * directions / directions.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
+        mu, v = path.mu(t), t**2 + (1 - t) ** 2
+        ceiling = -0.5 * (radius / v.sqrt() - mu * bound * math.sqrt(d)) ** 2
+        psi = potential.log_density(x, t)
+        assert (psi <= ceiling * (1 - 1e-5)).all() and (psi < -0.3 * radius**2).all()
+
+
+def test_phi_and_its_velocity_stay_finite_on_the_whole_interval():
+    path = LinearPath()
+    potential = EnergyPotential(DenoisingEnergy(randomise(UNet(**TINY)), path), path)
+    x, t = torch.randn(5, 2, 8, 8), torch.tensor([0.0, 1e-6, 0.5, 1 - 1e-6, 1.0])
+    phi, v = potential_and_velocity(potential, x, t)
+    assert torch.isfinite(phi).all() and torch.isfinite(v).all()
+    # at t = 1 (σ = 0) Φ = ½‖x‖² for any weights: the read-out of the data lives at t < 1
+    torch.testing.assert_close(phi[-1], 0.5 * x[-1].square().sum())
+
+
+def test_the_preset_network_builds_in_the_energy_parameterisation():
+    cfg = load_config("digits-cpu", ["model.parameterisation=energy"])
+    potential = build_potential(cfg, (1, 8, 8))
+    assert isinstance(potential, EnergyPotential) and isinstance(potential.net, DenoisingEnergy)
+    direct = build_potential(load_config("digits-cpu", ["model.parameterisation=direct"]), (1, 8, 8))
+    assert not isinstance(direct, EnergyPotential)
