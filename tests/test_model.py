@@ -45,12 +45,38 @@ def test_user_units_are_consistent():
 def test_model_methods_shapes():
     model = small_model()
     x = torch.randn(7, 2)
-    for out in (model.potential(x), model.log_density(x, 0.5), model.boltzmann(x), model.log_likelihood(x)):
+    for out in (model.potential(x), model.log_density(x, 0.5), model.boltzmann(x, t=0.9), model.log_likelihood(x)):
         assert out.shape == (7,) and torch.isfinite(out).all()
     assert model.sample_langevin(5, steps=3, metropolis=True).shape == (5, 2)
-    assert model.sample_langevin(5, steps=3, target="boltzmann").shape == (5, 2)
     sol = model.flow(6, solver="heun", steps=5, save=6)
     assert sol.trajectory.shape == (6, 6, 2) and sol.nfe == 10
+
+
+@pytest.mark.parametrize("parameterisation,sigma_min", [("energy", 0.0), ("energy", 0.05), ("direct", 0.0)])
+def test_boltzmann_depends_on_the_weights_or_refuses(parameterisation, sigma_min):
+    """Under the energy parameterisation on the σ_min = 0 path Φ(x, 1) = ½‖x‖² for any weights, so Φ_B is refused;
+    wherever it is offered, other weights give another Φ_B."""
+    cfg = Config()
+    cfg.model.hidden, cfg.model.depth, cfg.model.parameterisation = 16, 2, parameterisation
+    cfg.path.sigma_min = sigma_min
+    x = torch.randn(7, 2)
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(EnergyModel(build_potential(cfg, 2), cfg, Standardizer(torch.zeros(2), torch.ones(2))))
+    if parameterisation == "energy" and sigma_min == 0:
+        assert not models[0].boltzmann_is_informative()
+        with pytest.raises(ValueError, match="Φ_B is blind for this model"):
+            models[0].boltzmann(x)
+        with pytest.raises(ValueError, match="Φ_B is blind"):
+            models[0].sample_langevin(5, steps=3, target="boltzmann")
+        assert models[0].boltzmann_is_informative(0.9)
+        t = 0.9
+    else:
+        assert models[0].boltzmann_is_informative()
+        assert models[0].sample_langevin(5, steps=3, target="boltzmann").shape == (5, 2)
+        t = 1.0
+    assert (models[0].boltzmann(x, t) - models[1].boltzmann(x, t)).abs().max() > 1e-3
 
 
 def test_bad_inputs_get_clear_errors():

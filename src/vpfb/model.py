@@ -16,7 +16,7 @@ from vpfb.config import Config, ConfigError, from_dict
 from vpfb.data import Standardizer
 from vpfb.energy import CombinedPotential, boltzmann
 from vpfb.likelihood import bits_per_dim, log_likelihood
-from vpfb.parameterisation import DenoisingEnergy, parameterise, with_labels
+from vpfb.parameterisation import DenoisingEnergy, EnergyPotential, parameterise, with_labels
 from vpfb.paths import build_path, expand_like
 from vpfb.potentials import AEEnergy, MLPPotential, ScalarHead, UNet, WideResNetPotential, unet_config, velocity
 from vpfb.sampling import ODESolution, integrate, sample_langevin
@@ -156,12 +156,27 @@ class EnergyModel:
         mu = self.path.mu(tt)
         return self._labelled(labels, len(z)).log_density(expand_like(mu, z) * z, tt) + self.dim * mu.log()
 
+    def boltzmann_is_informative(self, t: float = 1.0) -> bool:
+        """Whether Φ(·, t), hence Φ_B, depends on the weights. Not under the energy parameterisation where σ(t) = 0
+        (t = 1 on the σ_min = 0 linear path): there ½g²ψ vanishes and Φ = ½f‖x‖² whatever was trained."""
+        blind = isinstance(self.phi, EnergyPotential) and float(self.path.half_g2_mu(torch.tensor([float(t)]))) == 0
+        return not blind
+
     def boltzmann(self, x: Tensor, t: float = 1.0, f_inf: float = -1.0, g_inf: float = 1.0,
                   labels: Tensor | int | None = None) -> Tensor:
-        """The paper's Φ_B = (4Φ(z, t) + f_∞‖z‖²)/g_∞² (see vpfb.energy.boltzmann for when to trust it)."""
+        """The paper's Φ_B = (4Φ(z, t) + f_∞‖z‖²)/g_∞² (see vpfb.energy.boltzmann for when to trust it); a
+        ValueError where it would not depend on the model (see boltzmann_is_informative)."""
+        self._check_boltzmann(t)
         z = self._z(x)
         with torch.no_grad():
             return boltzmann(self._labelled(labels, len(z)), z, t, f_inf, g_inf)
+
+    def _check_boltzmann(self, t: float) -> None:
+        if not self.boltzmann_is_informative(t):
+            raise ValueError(f"Φ_B is blind for this model: under the energy parameterisation Φ(x, {t:g}) = ½f‖x‖² "
+                             f"for every weight setting (σ({t:g}) = 0 on this path), so Φ_B = ‖x‖² + const carries "
+                             f"nothing learned. Use log_density (the energy ψ), Φ_B at t < 1, or train with "
+                             f"path.sigma_min > 0")
 
     def log_likelihood(self, x: Tensor, hutchinson: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
                        labels: Tensor | int | None = None) -> Tensor:
@@ -227,6 +242,8 @@ class EnergyModel:
                    "boltzmann": lambda z: boltzmann(self._labelled(labels, len(z)), z)}
         if target not in targets:
             raise ValueError(f"unknown Langevin target {target!r}; choose 'density' or 'boltzmann'")
+        if target == "boltzmann":
+            self._check_boltzmann(1.0)
         z0 = self._z(x0) if x0 is not None else self._z(self.sample(n, generator=generator, labels=labels))
         res = sample_langevin(targets[target], z0, steps, step_size, temperature, metropolis, generator=generator)
         return self.standardizer.inverse(res.x)

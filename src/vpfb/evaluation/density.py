@@ -39,7 +39,10 @@ def density_metrics(model: EnergyModel, x_test: Tensor, true_log_density: Callab
         metrics["true_nll"] = -true_log_density(x_test).mean().item()
     if model.dim == 2:
         low, high = box if box is not None else grid_box(x_test)
-        for key, log_p in (("energy_nll", model.log_density), ("boltzmann_nll", model.boltzmann)):
+        scores = {"energy_nll": model.log_density, "boltzmann_nll": model.boltzmann}
+        if not model.boltzmann_is_informative():
+            del scores["boltzmann_nll"]
+        for key, log_p in scores.items():
             log_z = grid_log_normaliser(log_p, low, high, grid_points)
             metrics[key] = -(log_p(x_test).double() - log_z).mean().item()
     return metrics
