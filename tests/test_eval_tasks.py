@@ -29,6 +29,8 @@ def test_each_task_writes_its_table_and_pictures(runs, task, pictures, capsys):
     result = json.loads((out / f"{task}.json").read_text())
     for name in pictures:
         assert (out / name).stat().st_size > 0, name
+    if task in ("likelihood", "ood", "interpolation"):  # held-out digits: the last 30 of each class
+        assert result["split"] == "test"
     if task == "ood":
         assert len(result["rows"]) == 3 * 5 and all(0 <= r["auroc"] <= 1 for r in result["rows"])
         assert "AUROC" in capsys.readouterr().out

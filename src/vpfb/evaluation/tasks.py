@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from vpfb.data import ImageData, load_images
+from vpfb.data import IMAGE_SETS, ImageData, load_images
 from vpfb.evaluation.composition import average, negate
 from vpfb.evaluation.fid import task_fid
 from vpfb.evaluation.interpolation import interpolate
@@ -20,31 +20,36 @@ from vpfb.model import EnergyModel
 from vpfb.training import distributed
 
 
-def run_data(model: EnergyModel) -> ImageData:
-    """The run's training images, checked against the model's shape."""
+def run_data(model: EnergyModel) -> tuple[ImageData, str]:
+    """The held-out images of the run's data set (its "test" split; "train" for a source that has no other, such as
+    a user's file or folder), checked against the model's shape, and the split's name."""
     d = model.config.data
-    data = load_images(d.name, root=d.root or None, image_size=d.image_size or None, labels=False)
+    key = str(d.name).lower()
+    split = "test" if key in IMAGE_SETS and "test" in IMAGE_SETS[key] else "train"
+    data = load_images(d.name, root=d.root or None, split=split, image_size=d.image_size or None, labels=False)
     if data.shape != model.shape:
         raise ValueError(f"the run's data now loads as {data.shape}, the model takes {model.shape}")
-    return data
+    return data, split
 
 
-def run_images(model: EnergyModel, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """n of the run's training images (uint8 and in [-1, 1]), drawn at random."""
-    data = run_data(model)
+def run_images(model: EnergyModel, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, str]:
+    """n held-out images of the run's data set (uint8 and in [-1, 1]), drawn at random, and their split."""
+    data, split = run_data(model)
     index = torch.randperm(len(data), generator=generator)[:n]
-    return data.images[index], data.batch(index)
+    return data.images[index], data.batch(index), split
 
 
 def task_likelihood(model, out, n, generator) -> dict:
-    images, _ = run_images(model, n, generator)
+    images, _, split = run_images(model, n, generator)
     bpd, se = model.bits_per_dim(images, generator=generator)
-    return {"images": n, "bits_per_dim": bpd, "standard_error": se}
+    return {"images": len(images), "split": split, "bits_per_dim": bpd, "standard_error": se}
 
 
 def task_ood(model, out, n, generator, protocol: str = "synthetic", root: str | None = None,
              download: bool = False) -> dict:
-    own = run_data(model) if PROTOCOLS.get(protocol) and PROTOCOLS[protocol].in_distribution is None else None
+    own, split = None, None
+    if PROTOCOLS.get(protocol) and PROTOCOLS[protocol].in_distribution is None:
+        own, split = run_data(model)
     x, sets = protocol_sets(protocol, model.shape, n, root=root or model.config.data.root or None,
                             generator=generator, download=download, own=own)
     from vpfb.plots import save_score_histograms
@@ -53,21 +58,22 @@ def task_ood(model, out, n, generator, protocol: str = "synthetic", root: str | 
         ("log_density", "grad_norm")  # Φ_B at t = 1 does not depend on the weights of such a model
     scored = score_sets(model, x, sets, scores=scores)
     save_score_histograms(scored, out / "ood.png")
-    return {"protocol": protocol, "in_distribution": model.config.data.name if own else protocol, "images": n,
-            "rows": table_of(scored)}
+    return {"protocol": protocol, "in_distribution": model.config.data.name if own else protocol,
+            "split": split or PROTOCOLS[protocol].in_distribution[1], "images": n, "rows": table_of(scored)}
 
 
 def task_interpolation(model, out, n, generator) -> dict:
     from vpfb.plots import save_image_grid
 
-    images, x = run_images(model, 2 * max(n // 8, 1), generator)
+    images, x, split = run_images(model, 2 * max(n // 8, 1), generator)
     rows, energies = [], []
     for k in range(0, len(x), 2):
         path = interpolate(model, 8, x[k], x[k + 1]) if k == 0 else interpolate(model, 8, generator=generator)
         rows.append(path["samples"])
         energies.append(path["log_density"].tolist())
     save_image_grid(torch.cat(rows), out / "interpolation.png", columns=8)
-    return {"rows": len(rows), "first_row": "two real images, inverted and interpolated", "log_density": energies}
+    return {"rows": len(rows), "first_row": f"two real images ({split} split), inverted and interpolated",
+            "split": split, "log_density": energies}
 
 
 def task_composition(model, out, n, generator, labels: tuple[int, int] = (0, 1)) -> dict:
