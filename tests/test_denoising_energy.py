@@ -22,7 +22,8 @@ class GaussianOptimum(torch.nn.Module):
 
     def __init__(self, path, m, s, bound):
         super().__init__()
-        self.path, self.m, self.s, self.bound = path, m, s, bound
+        self.path, self.s, self.bound = path, s, bound
+        self.m = torch.nn.Parameter(m, requires_grad=False)  # a parameter, so the model finds its device
 
     def forward(self, x, t, c=None):
         p, tt = self.path, t.reshape(-1, 1, 1, 1)
@@ -94,3 +95,25 @@ def test_the_preset_network_builds_in_the_energy_parameterisation():
     assert isinstance(potential, EnergyPotential) and isinstance(potential.net, DenoisingEnergy)
     direct = build_potential(load_config("digits-cpu", ["model.parameterisation=direct"]), (1, 8, 8))
     assert not isinstance(direct, EnergyPotential)
+
+
+@pytest.mark.parametrize("denoise", [False, True])
+def test_energy_langevin_from_the_prior_samples_the_gaussian_read_out(denoise):
+    """With ψ exact for Gaussian data, annealed MALA from the prior ends at the data smoothed by σ/μ at the read-out
+    t (mean m, variance s² + σ²/μ²), or with denoise at Tweedie's E[x̄ | x] (variance s⁴/(s² + σ²/μ²))."""
+    from vpfb.config import Config
+    from vpfb.model import EnergyModel
+
+    path, t = LinearPath(), 0.9
+    m = 0.5 * torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    s = 0.3 + 0.3 * torch.rand(SHAPE, generator=torch.Generator().manual_seed(1))
+    energy = EnergyPotential(DenoisingEnergy(GaussianOptimum(path, m, s, 10.0), path, bound=10.0), path)
+    cfg = Config()
+    cfg.eval.density_t = t
+    model = EnergyModel(energy, cfg, None, SHAPE)
+    out = model.langevin(3000, steps=300, generator=torch.Generator().manual_seed(2), denoise=denoise)
+    noise = ((1 - t) / t) ** 2
+    variance = s**4 / (s**2 + noise) if denoise else s**2 + noise
+    torch.testing.assert_close(out.x.mean(0), m, atol=4 * variance.max().sqrt().item() / 3000**0.5, rtol=0)
+    torch.testing.assert_close(out.x.var(0), variance, atol=0, rtol=0.12)
+    assert len(out.acceptance) == 60 and 0.4 < sum(out.acceptance[-10:]) / 10 < 0.75

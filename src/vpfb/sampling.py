@@ -1,6 +1,7 @@
 """Samplers that read only a potential (or any velocity field): the probability-flow ODE and Langevin dynamics."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -142,6 +143,37 @@ def sample_langevin(log_p: Callable[[Tensor], Tensor], x0: Tensor, steps: int = 
     return LangevinResult(x, torch.stack(grads), torch.stack(values),
                           accepted / steps if metropolis else None,
                           torch.stack(saved) if save_every else None)
+
+
+@dataclass
+class AnnealedResult:
+    x: Tensor
+    acceptance: list[float]  # per level (MALA), or empty
+    step_sizes: list[float]  # the step used at each level
+
+
+def annealed_langevin(log_p: Callable[[Tensor, float], Tensor], x0: Tensor, times: list[float],
+                      base_steps: list[float], steps_per_level: int, temperature: float = 1.0, metropolis: bool = True,
+                      target_acceptance: float | None = 0.574, generator: torch.Generator | None = None
+                      ) -> AnnealedResult:
+    """Chains carried through the targets log_p(·, t) for t in `times`, `steps_per_level` Langevin (MALA) steps at
+    each, at step η·base_steps[k]. With MALA and a target acceptance a*, η ← η·exp(2(a − a*)) after each level whose
+    acceptance was a (0.574: MALA's optimum for product targets, Roberts & Rosenthal 1998); the step changes only
+    between levels, so each level's chain leaves its own target invariant."""
+    if len(times) != len(base_steps) or not times or steps_per_level < 1:
+        raise ValueError(f"need one base step per time and steps_per_level ≥ 1; got {len(times)} times, "
+                         f"{len(base_steps)} steps, steps_per_level={steps_per_level}")
+    x, eta, acceptance, used = x0, 1.0, [], []
+    for t, base in zip(times, base_steps):
+        used.append(eta * base)
+        res = sample_langevin(lambda y, t=t: log_p(y, t), x, steps_per_level, eta * base, temperature, metropolis,
+                              generator=generator)
+        x = res.x
+        if metropolis:
+            acceptance.append(res.acceptance)
+            if target_acceptance is not None:
+                eta *= math.exp(2 * (res.acceptance - target_acceptance))
+    return AnnealedResult(x, acceptance, used)
 
 
 def draw_like(sampler, like: Tensor, generator: torch.Generator | None) -> Tensor:

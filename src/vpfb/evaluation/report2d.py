@@ -34,7 +34,8 @@ def report_2d(model: EnergyModel, x_test: Tensor, out: str | Path,
     t = model.config.eval.density_t
     plots.plot_density(axes[0], model.log_density, low, high, title=f"energy density (ψ read at t={t:g})")
     prior = model.standardizer.inverse(torch.randn(2000, 2, generator=gen).to(model.device))  # chains start at the prior
-    chains = model.sample_langevin(2000, steps=langevin_steps, step_size=langevin_step_size, x0=prior, generator=gen)
+    chains = model.sample_langevin(2000, steps=langevin_steps, step_size=langevin_step_size, x0=prior, generator=gen,
+                                   metropolis=False, denoise=False)
     plots.plot_samples(axes[1], chains, low, high, f"SGLD from the prior ({langevin_steps} steps)")
     plots.save(fig, out / "boltzmann.png")
 
