@@ -32,14 +32,40 @@ def rows_of(x: torch.Tensor, pool: torch.Tensor) -> list[int]:
 def test_synthetic_sets_match_the_batch_and_repeat_with_a_seed(shape):
     x = torch.rand(5, *shape, generator=seeded(1)) * 2 - 1
     sets = synthetic_ood_sets(x, seeded())
-    assert list(sets) == ["uniform noise", "constant", "inverted", "rotated 90°", "digits 8×8 upscaled"]
+    assert list(sets) == ["uniform noise", "constant", "inverted", "rotated 90°", "rotated 180°", "blurred",
+                          "shifted 3 px", "digits 8×8 upscaled"]
     for name, s in sets.items():
         assert s.shape == x.shape and s.min() >= -1 and s.max() <= 1, name
     assert torch.equal(sets["inverted"], -x) and torch.equal(sets["rotated 90°"][..., 0, :], x[..., :, -1])
+    assert torch.equal(sets["rotated 180°"], x.flip(-1).flip(-2))
+    assert torch.equal(sets["shifted 3 px"][..., 3:, 3:], x[..., :-3, :-3])
+    assert torch.equal(sets["shifted 3 px"][..., :3, 3:], x[..., :1, :-3].expand_as(x[..., :3, :-3]))
     assert sets["constant"].flatten(1).std(1).max() == 0 and sets["uniform noise"].std() > 0.5
     again = synthetic_ood_sets(x, seeded())
     assert all(torch.equal(sets[k], again[k]) for k in sets)
     assert not torch.equal(synthetic_ood_sets(x, seeded(2))["uniform noise"], sets["uniform noise"])
+
+
+def test_gaussian_blur_keeps_constants_and_mass_and_spreads_a_point_by_sigma():
+    from vpfb.evaluation.ood_sets import gaussian_blur
+
+    torch.testing.assert_close(gaussian_blur(torch.full((2, 3, 9, 9), 0.3), 1.0), torch.full((2, 3, 9, 9), 0.3))
+    point = torch.zeros(1, 1, 21, 21)
+    point[..., 10, 10] = 1.0
+    blurred = gaussian_blur(point, 1.5)[0, 0]
+    assert abs(blurred.sum().item() - 1) < 1e-5
+    offsets = torch.arange(21.0) - 10
+    variance = (blurred.sum(0) * offsets**2).sum()  # σ² along one axis, a little less: the kernel stops near 3σ
+    assert abs(variance.item() - 1.5**2) < 0.1
+
+
+def test_png_bits_grow_with_the_images_complexity():
+    from vpfb.evaluation.ood import png_bits
+
+    flat, noise = torch.zeros(2, 1, 28, 28), torch.rand(2, 1, 28, 28, generator=seeded()) * 2 - 1
+    bits = png_bits(torch.cat([flat, noise]))
+    assert bits.shape == (4,) and bits[0] == bits[1] and bits[2:].min() > 4 * bits[:2].max()
+    assert bits[2:].min() > 28 * 28 * 7  # noise does not compress below ~8 bits per pixel
 
 
 def one_hot_images(n: int) -> torch.Tensor:

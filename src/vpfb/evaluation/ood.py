@@ -10,11 +10,31 @@ from torch import Tensor
 
 from vpfb.model import EnergyModel
 
+def png_bits(x: Tensor) -> Tensor:
+    """The length in bits of each image x ∈ [-1, 1] [N, C, H, W], quantised to 8 bits and saved as a PNG: a generic
+    compressor's estimate of its complexity (Serrà et al. 2020)."""
+    import io
+
+    from PIL import Image
+
+    pixels = ((x.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    lengths = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+        lengths.append(8 * buffer.tell())
+    return torch.tensor(lengths, dtype=torch.float64)
+
+
+LOG2 = float(np.log(2))
 SCORES: dict[str, Callable[..., Tensor]] = {
     "boltzmann": lambda m, x, t: m.boltzmann(x, t=1.0 if t is None else t),  # the paper's Φ_B at t = 1
     "log_density": lambda m, x, t: m.log_density(x, t),  # log ρ̄ₜ, at eval.density_t unless t is given
     "likelihood": lambda m, x, t: m.log_likelihood(x, hutchinson=m.dim > 16),  # CNF log p(x)
     "grad_norm": lambda m, x, t: -m.velocity(x, 1.0 if t is None else t).flatten(1).norm(dim=1),  # small ‖∇Φ‖
+    # Serrà et al.'s complexity correction: how many bits the model saves over PNG, log₂ p(x) + L(x)
+    "likelihood_complexity": lambda m, x, t: m.log_likelihood(x, hutchinson=m.dim > 16).double() / LOG2 + png_bits(x),
+    "energy_complexity": lambda m, x, t: m.log_density(x, t).double() / LOG2 + png_bits(x),
 }
 
 

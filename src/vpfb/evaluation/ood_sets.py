@@ -3,7 +3,8 @@
 A protocol names an in-distribution set and the OOD sets to tell apart from it. "cifar10" is the paper's
 (METHOD.md §6): a CIFAR-10 model, its test images against SVHN, CIFAR-100, CelebA and interpolations of CIFAR-10
 test images (the paper's AUROCs of Φ_B at t = 1: 0.61, 0.67, 0.84, 0.78). "synthetic" needs no download: the run's
-own images against noise, constant, inverted and rotated images and scikit-learn's digits.
+own held-out images against far sets (noise, constant, inverted, scikit-learn's digits) and near ones (rotated,
+blurred, shifted, and 0.5/0.5 mixes of two of them).
 """
 from __future__ import annotations
 
@@ -24,14 +25,33 @@ SET_CHANNELS = {"cifar10": 3, "cifar100": 3, "svhn": 3, "celeba": 3, "mnist": 1,
 
 def synthetic_ood_sets(x: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
     """Out-of-distribution images of the same shape, made from nothing but the in-distribution batch x ∈ [-1, 1]:
-    uniform noise, constant images, inverted and rotated images, and scikit-learn's 8×8 digits upscaled."""
+    far sets (uniform noise, constant images, inverted images, scikit-learn's 8×8 digits upscaled) and near ones
+    (rotations by 90° and 180°, a Gaussian blur of σ = 1 pixel, a shift by 3 pixels right and down)."""
     n, c, h, w = x.shape
     sets = {"uniform noise": torch.rand(x.shape, generator=generator) * 2 - 1,
             "constant": (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1).expand_as(x).contiguous(),
-            "inverted": -x, "rotated 90°": torch.rot90(x, 1, (2, 3))}
+            "inverted": -x, "rotated 90°": torch.rot90(x, 1, (2, 3)), "rotated 180°": torch.rot90(x, 2, (2, 3)),
+            "blurred": gaussian_blur(x, 1.0), "shifted 3 px": shifted(x, 3)}
     digits = load_images("digits").batch(torch.arange(n) % 1797)
     sets["digits 8×8 upscaled"] = F.interpolate(digits, size=(h, w), mode="bilinear").expand(n, c, h, w).contiguous()
     return sets
+
+
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """x [N, C, H, W] convolved per channel with a normalised Gaussian of std `sigma` pixels (edges reflected)."""
+    radius = max(1, round(3 * sigma))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype) / sigma) ** 2)
+    taps = (taps / taps.sum()).to(x.device)
+    c = x.shape[1]
+    y = F.pad(x, (radius,) * 4, mode="reflect")
+    y = F.conv2d(y, taps.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, taps.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def shifted(x: Tensor, pixels: int) -> Tensor:
+    """x moved `pixels` right and down, the uncovered border filled with the nearest edge pixels."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (pixels, 0, pixels, 0), mode="replicate")[..., :h, :w]
 
 
 def interpolated_images(images: Tensor, n: int, generator: torch.Generator | None = None,
@@ -56,7 +76,7 @@ def _interpolations(data: ImageData, x: Tensor, generator: torch.Generator | Non
 
 
 def _synthetic(data: ImageData, x: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
-    return synthetic_ood_sets(x, generator)
+    return {**synthetic_ood_sets(x, generator), **_interpolations(data, x, generator)}
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,9 @@ def task_ood(model, out, n, generator, protocol: str = "synthetic", root: str | 
                             generator=generator, download=download, own=own)
     from vpfb.plots import save_score_histograms
 
-    scores = ("boltzmann", "log_density", "grad_norm") if model.boltzmann_is_informative() else \
-        ("log_density", "grad_norm")  # Φ_B at t = 1 does not depend on the weights of such a model
+    scores = ("log_density", "energy_complexity", "grad_norm")
+    if model.boltzmann_is_informative():  # Φ_B at t = 1 does not depend on the weights of every model
+        scores = ("boltzmann", *scores)
     scored = score_sets(model, x, sets, scores=scores)
     save_score_histograms(scored, out / "ood.png")
     return {"protocol": protocol, "in_distribution": model.config.data.name if own else protocol,

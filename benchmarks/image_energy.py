@@ -1,0 +1,155 @@
+"""Is the energy of an image model a density? For run directories trained on MNIST-5k (`vpfb train mnist5k-cpu`),
+measured on the 1,000 held-out digits of the test split:
+
+    OMP_NUM_THREADS=1 python benchmarks/image_energy.py runs/e600 runs/d600 --out benchmarks/out/energy
+
+- agreement: ψ read at t (log_density) against the model's CNF log-likelihood (Hutchinson, dopri5 1e-3) of the same
+  digits: Spearman's rank correlation and the spread (sd) of their difference in bits/dim;
+- normalisation: log Z_t = log E_q[exp ψ(x, t) / q(x)] with the flow's own marginal at t as the proposal q (samples
+  of the ODE from the prior to t, log q from the CNF along the same path) and its effective sample size;
+- sampling: the Fréchet distance (features of benchmarks/mnist_classifier.py, against the training digits) of
+  samples drawn from the energy alone (annealed MALA from the prior, `EnergyModel.sample_langevin`) against the
+  ODE's (10 Heun steps) from the same model;
+- stability: a long MALA chain at the read-out t from ODE samples, E‖∇ψ‖² along it against its value on noised
+  held-out digits, and a picture of its end.
+The runs must use the energy parameterisation for ψ to be read directly; direct runs get the agreement rows only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mnist5k import draw, load_or_train
+from vpfb.data import load_images
+from vpfb.evaluation.frechet import extract_features, frechet_distance
+from vpfb.likelihood import log_likelihood
+from vpfb.model import EnergyModel, load
+from vpfb.plots import save_image_grid
+from vpfb.potentials import velocity
+from vpfb.sampling import integrate, sample_langevin
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman's rank correlation (no ties expected in continuous scores)."""
+    ra, rb = (v.argsort().argsort().double() for v in (a, b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def in_batches(fn, x: Tensor, size: int = 250) -> Tensor:
+    return torch.cat([fn(chunk).detach() for chunk in x.split(size)])
+
+
+def agreement(model: EnergyModel, x: Tensor, times: list[float]) -> tuple[list[dict], Tensor]:
+    """Rows {t, spearman, sd_bpd} of ψ(·, t) against the CNF log-likelihood, and that log-likelihood."""
+    torch.manual_seed(0)  # Hutchinson's probes
+    cnf = in_batches(lambda c: model.log_likelihood(c, hutchinson=True, rtol=1e-3, atol=1e-3), x)
+    scale = model.dim * math.log(2)
+    rows = []
+    for t in times:
+        psi = in_batches(lambda c: model.log_density(c, t), x)
+        rows.append({"t": t, "spearman": spearman(psi, cnf), "sd_bpd": float((psi - cnf).std() / scale)})
+    return rows, cnf
+
+
+def log_partition(model: EnergyModel, t: float, n: int) -> dict:
+    """log Z_t of exp ψ(·, t) by importance sampling from the flow's marginal at t, in the path's coordinates."""
+    phi = model.phi
+    field = lambda y, s: velocity(phi, y, s, create_graph=True)  # noqa: E731
+    x0 = torch.randn(n, *model.shape, generator=torch.Generator().manual_seed(1))
+    xt = torch.cat([integrate(lambda y, s: velocity(phi, y, s), c, 0.0, t, rtol=1e-3, atol=1e-3).x
+                    for c in x0.split(128)])
+    torch.manual_seed(1)
+    log_q = in_batches(lambda c: log_likelihood(field, c, 0.0, t, hutchinson=True, rtol=1e-3, atol=1e-3), xt, 128)
+    tt = torch.full((len(xt),), t)
+    psi = torch.cat([phi.log_density(c, s).detach() for c, s in zip(xt.split(128), tt.split(128))])
+    log_w = (psi - log_q).double()
+    log_z = torch.logsumexp(log_w, 0) - math.log(n)
+    ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
+    return {"t": t, "log_z": float(log_z), "ess": float(ess), "n": n, "log_w_sd": float(log_w.std())}
+
+
+def long_chain(model: EnergyModel, t: float, steps: int, chains: int, held_out: Tensor, out: Path) -> dict:
+    """MALA at t from ODE samples with the step the annealed sampler adapted to; E‖∇ψ‖² along it and on data."""
+    mu, sigma = float(model.path.mu(torch.tensor([t]))), float(model.path.sigma(torch.tensor([t])))
+    warm = model.langevin(chains, steps=200, t=t, generator=torch.Generator().manual_seed(3))
+    start = mu * model.sample(chains, solver="heun", steps=10, generator=torch.Generator().manual_seed(4))
+    tt = torch.full((chains,), t)
+    log_p = lambda y: model.phi.log_density(y, tt[: len(y)])  # noqa: E731
+    res = sample_langevin(log_p, start, steps, warm.step_sizes[-1], metropolis=True, save_every=steps // 8,
+                          generator=torch.Generator().manual_seed(5))
+    noised = mu * held_out[:chains] + sigma * torch.randn(held_out[:chains].shape)
+    on_data = sample_langevin(log_p, noised, 1, 1e-12).mean_grad_sq[0]  # ‖∇ψ‖² at noised data, no move
+    save_image_grid((res.trajectory / mu).transpose(0, 1).flatten(0, 1)[: chains * 9].clamp(-1, 1),
+                    out / "long_chain.png", columns=9)
+    grad = res.mean_grad_sq
+    return {"t": t, "steps": steps, "chains": chains, "step_size": warm.step_sizes[-1], "acceptance": res.acceptance,
+            "grad_sq_on_data": float(on_data), "grad_sq_last_100": float(grad[-100:].mean()),
+            "grad_sq_max": float(grad.max())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--n", type=int, default=1000, help="held-out digits scored")
+    p.add_argument("--times", type=float, nargs="*", default=[0.7, 0.8, 0.9, 0.95])
+    p.add_argument("--read-out", type=float, default=0.9, help="t for log Z, MALA and the long chain")
+    p.add_argument("--samples", type=int, default=1000, help="samples for the Fréchet distances")
+    p.add_argument("--langevin-steps", type=int, default=500)
+    p.add_argument("--partition-samples", type=int, default=256)
+    p.add_argument("--chain-steps", type=int, default=5000)
+    p.add_argument("--skip", nargs="*", default=[], choices=["agreement", "partition", "sampling", "chain"])
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "image_energy")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    held_out = load_images("mnist5k", split="test", labels=False)
+    x = held_out.batch(torch.arange(len(held_out)))[: args.n]
+    classifier, _ = load_or_train()
+    train = load_images("mnist5k", labels=False)
+    train_features = extract_features(classifier, train.batch(torch.arange(len(train))))
+    results = {}
+    for run in args.runs:
+        model, out, row = load(run), args.out / run.name, {}
+        out.mkdir(parents=True, exist_ok=True)
+        energy = model.config.model.parameterisation == "energy"
+        if "agreement" not in args.skip:
+            row["agreement"], _ = agreement(model, x, args.times)
+            log(f"{run}: agreement {row['agreement']}")
+        if energy and "partition" not in args.skip:
+            row["partition"] = log_partition(model, args.read_out, args.partition_samples)
+            log(f"{run}: partition {row['partition']}")
+        if "sampling" not in args.skip:
+            z0 = torch.randn(args.samples, *model.shape, generator=torch.Generator().manual_seed(0))
+            ode, _ = draw(lambda y, s: velocity(model.phi, y, s), z0, "heun", 10)
+            row["fd_ode"] = frechet_distance(extract_features(classifier, ode), train_features)
+            if energy:
+                gen = torch.Generator().manual_seed(0)
+                chunks = [model.langevin(250, steps=args.langevin_steps, t=args.read_out, generator=gen)
+                          for _ in range(max(args.samples // 250, 1))]
+                mala = torch.cat([c.x for c in chunks])
+                row["mala_acceptance_last_level"] = [c.acceptance[-1] for c in chunks]
+                row["fd_mala"] = frechet_distance(extract_features(classifier, mala.clamp(-1, 1)), train_features)
+                save_image_grid(mala[:64].clamp(-1, 1), out / "mala_samples.png")
+            save_image_grid(ode[:64], out / "ode_samples.png")
+            log(f"{run}: FD ode {row['fd_ode']:.2f} mala {row.get('fd_mala', float('nan')):.2f}")
+        if energy and "chain" not in args.skip:
+            row["chain"] = long_chain(model, args.read_out, args.chain_steps, 16, x, out)
+            log(f"{run}: chain {row['chain']}")
+        results[str(run)] = row
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
