@@ -14,6 +14,17 @@ def test_defaults_presets_and_overrides(tmp_path):
     assert from_dict(Config().to_dict()).to_dict() == Config().to_dict()
 
 
+@pytest.mark.parametrize("override,match", [("train.lr=[1, 2", "override 'train.lr=\\[1, 2' is not valid YAML"),
+                                            ("train.lr=!!python/object:os.system x", "is not valid YAML")])
+def test_broken_yaml_and_tags_are_one_line_errors(override, match, tmp_path):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {steps: 3\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config(str(bad))
+
+
 def test_numbers_are_read_as_a_user_writes_them():
     cfg = load_config(None, ["train.lr=1e-3", "train.lr_final=2E-5", "loss.t_min=1e-5", "train.ema=.999"])
     assert (cfg.train.lr, cfg.train.lr_final, cfg.loss.t_min, cfg.train.ema) == (1e-3, 2e-5, 1e-5, 0.999)

@@ -116,6 +116,29 @@ def test_missing_or_corrupt_runs(tmp_path):
         load(run)
 
 
+def test_a_flipped_bit_or_broken_statistics_are_refused_on_load(tmp_path):
+    run = tmp_path / "run"
+    small_model().save(run)
+    weights = bytearray((run / "model.safetensors").read_bytes())
+    weights[-3] ^= 0x40  # one exponent bit of the last float: loads fine, computes nonsense
+    (run / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(ValueError, match="checksum differs"):
+        load(run)
+    small_model().save(run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["standardizer"]["mean"][0] = float("inf")
+    (run / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="statistics are not finite"):
+        load(run)
+
+
+def test_sample_counts_must_be_positive():
+    model = small_model()
+    for n in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="positive number of samples"):
+            model.sample(n)
+
+
 @pytest.mark.parametrize("dim,kept", [(2, True), (6, False)])
 def test_partition_term_is_switched_off_with_a_warning_above_five_dimensions(tmp_path, dim, kept):
     """Importance sampling of Z fails in many dimensions (measured on 10-D data), so fit drops the term there and

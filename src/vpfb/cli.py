@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -89,10 +90,25 @@ def add_run_directory_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="discard the run in --out and start afresh")
 
 
+def check_sample_count(n: int, dim: int) -> None:
+    """n ≥ 1, and n samples (with the solver's ~10 states each) fit in the memory this machine has free."""
+    if n < 1:
+        raise ValueError(f"-n must be at least 1, got {n}")
+    need = 10 * n * dim * 4
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not every platform says
+        return
+    if need > free:
+        raise ValueError(f"-n {n} needs about {need / 2**30:.1f} GiB for the solver's states, more than the "
+                         f"{free / 2**30:.1f} GiB free: draw fewer samples per call")
+
+
 def cmd_sample(args) -> None:
     from vpfb.model import load
 
     model = load(args.run)
+    check_sample_count(args.n, model.dim)
     x = model.sample(args.n, solver=args.solver, steps=args.steps,
                      generator=torch.Generator().manual_seed(args.seed))
     out = Path(args.out)

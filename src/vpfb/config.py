@@ -169,11 +169,19 @@ def load_config(source: str | None = None, overrides: list[str] = ()) -> Config:
             path = PRESET_DIR / f"{source}.yaml"
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        cfg = from_dict(yaml.safe_load(path.read_text()) or {}, cfg, where=str(path))
+        cfg = from_dict(_yaml(path.read_text(), str(path)) or {}, cfg, where=str(path))
     for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.steps=2000")
-        cfg = from_dict({section: {name: yaml.safe_load(value)}}, cfg, where="override")
+        cfg = from_dict({section: {name: _yaml(value, f"override {item!r}")}}, cfg, where="override")
     return cfg
+
+
+def _yaml(text: str, where: str) -> Any:
+    """YAML's safe loader (no tags, nothing executed), its errors as one ConfigError line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from None

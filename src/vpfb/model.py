@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from vpfb import __version__
@@ -23,6 +24,7 @@ from vpfb.potentials import (AEEnergy, MLPPotential, ScalarHead, UNet, WideResNe
                              velocity)
 from vpfb.sampling import (AnnealedResult, LangevinResult, ODESolution, annealed_langevin, integrate,
                             sample_langevin)
+from vpfb.training.checkpoint import atomic_write, digest
 
 WEIGHTS, METADATA, FORMAT = "model.safetensors", "model.json", 1
 
@@ -208,6 +210,8 @@ class EnergyModel:
              **tolerances) -> ODESolution:
         """Prior samples carried by dx/dt = ∇Φ from t = 0 to 1 (given labels, or the null label, for a conditional
         model); states (and trajectory) in user units."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive number of samples, got {n!r}")
         z0 = float(self.path.sigma(torch.zeros(1))) * torch.randn(n, *self.shape, generator=generator).to(self.device)
         return self.flow_from(z0, solver, steps, save, labels, **tolerances)
 
@@ -304,11 +308,11 @@ class EnergyModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.phi.state_dict().items()}
-        save_file(state, directory / WEIGHTS)
         meta = {"format": FORMAT, "vpfb_version": __version__, "dim": self.dim, "shape": list(self.shape),
                 "num_classes": self.num_classes, "config": self.config.to_dict(),
-                "standardizer": self.standardizer.to_dict()}
-        (directory / METADATA).write_text(json.dumps(meta, indent=2))
+                "standardizer": self.standardizer.to_dict(), "sha256": digest(state)}
+        atomic_write(directory / WEIGHTS, safetensors_bytes(state))
+        atomic_write(directory / METADATA, json.dumps(meta, indent=2).encode())
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> EnergyModel:
@@ -332,6 +336,11 @@ class EnergyModel:
             state = load_file(directory / WEIGHTS)
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{directory / WEIGHTS} is corrupt: {err}") from err
+        if "sha256" in meta and digest(state) != meta["sha256"]:  # older runs carry no checksum
+            raise ValueError(f"{directory / WEIGHTS} is corrupt: its checksum differs from the one in {METADATA}")
+        if not all(torch.isfinite(v).all() for v in (standardizer.mean, standardizer.std)) or \
+                not bool((standardizer.std > 0).all()):
+            raise ValueError(f"{directory / METADATA} is corrupt: its data statistics are not finite and positive")
         potential = build_potential(config, shape, num_classes)
         try:
             potential.load_state_dict(state)

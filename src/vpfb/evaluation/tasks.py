@@ -115,6 +115,8 @@ def evaluate(model: EnergyModel, task: str, out: Path, n: int = 64, seed: int = 
         raise ValueError(f"vpfb eval works on image models; this one takes points of dimension {model.dim}")
     if task == "composition" and model.num_classes is None:
         raise ValueError("composition needs a conditional model (train with model.conditional=true)")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n!r}")
     out.mkdir(parents=True, exist_ok=True)
     result = TASKS[task](model, out, n, torch.Generator().manual_seed(seed), **options)
     if distributed.current().is_main:  # fid runs on every process of a torchrun
