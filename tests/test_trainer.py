@@ -82,6 +82,18 @@ def test_resume_inside_the_ema_warmup_is_exact(tmp_path):
     assert torch.equal(flat(resumed.ema), flat(whole.ema))
 
 
+def test_a_small_step_trains_on_one_thread_and_the_setting_wins(monkeypatch):
+    seen = []
+    before = torch.get_num_threads()
+    record = lambda step, ema: seen.append(torch.get_num_threads())  # noqa: E731
+    cfg = TrainConfig(steps=2, batch_size=16, sample_every=1)
+    train(*setup(), cfg, progress_bar=False, callback=record)
+    train(*setup(), dataclasses.replace(cfg, threads=2), progress_bar=False, callback=record)
+    monkeypatch.setattr("vpfb.training.trainer.SMALL_STEP", 100)  # now a big step: torch's default stays
+    train(*setup(), cfg, progress_bar=False, callback=record)
+    assert seen == [1, 1, 2, 2, before, before] and torch.get_num_threads() == before
+
+
 def test_time_budget_stops_training():
     potential, loss, data = setup()
     result = train(potential, loss, data, TrainConfig(steps=10**6, time_budget=0.5), progress_bar=False)

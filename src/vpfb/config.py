@@ -86,6 +86,7 @@ class TrainConfig:
     tensorboard: bool = False  # also log metrics to TensorBoard (beside metrics.csv) when it is installed
     amp: str = "none"  # "none" or "bf16" (autocast of the loss, on CUDA or CPU)
     compile: bool = False  # compile Φ with ∇ₓΦ for the training step (CompiledVelocity)
+    threads: int = 0  # CPU threads for training; 0 chooses from the work's size (see vpfb.training.trainer)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 non-finite steps, metrics to CSV (and TensorBoard), and checkpoints from which a run resumes exactly."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
@@ -10,7 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Union
+from typing import Callable, Iterator, Protocol, Union
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,25 @@ class TrainResult:
     seconds: float
     history: list[dict] = field(default_factory=list)  # the rows logged by this call
     resumed_from: int = 0  # the checkpoint step this call continued from; 0 for a fresh run
+
+
+SMALL_STEP = 5e7  # parameters × batch below which a CPU step gains nothing from a second thread
+
+
+@contextlib.contextmanager
+def cpu_threads(cfg: TrainConfig, model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Torch's CPU threads for the block (restored after): cfg.threads if set; else one for a small step
+    (parameters × batch below SMALL_STEP, e.g. every point MLP), which a second thread cannot speed up and which
+    torch's default of one thread per core slows several-fold as soon as another process is busy; else unchanged."""
+    before = torch.get_num_threads()
+    work = sum(p.numel() for p in model.parameters()) * cfg.batch_size
+    threads = cfg.threads or (1 if work < SMALL_STEP else before)
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def learning_rate(cfg: TrainConfig, step: int, elapsed: float = 0.0) -> float:
@@ -192,6 +212,12 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
     if cfg.compile and cfg.amp == "bf16" and device.type == "cpu":
         raise ValueError("train.compile=true with train.amp=bf16 on the CPU: inductor generates a broken second "
                          "backward there (UnboundLocalError inside the compiled code, torch 2.13); drop one of them")
+    with cpu_threads(cfg, potential, device):
+        return _train(potential, loss_fn, data, cfg, metrics_csv, progress_bar, run_dir, callback, device, world)
+
+
+def _train(potential, loss_fn, data, cfg: TrainConfig, metrics_csv, progress_bar: bool, run_dir: Path | None,
+           callback, device: torch.device, world: World) -> TrainResult:
     world.broadcast_(potential)
     torch.manual_seed(cfg.seed + world.rank)  # each rank its own noise; rank 0 draws a single process's
     batches = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: the same global batches
@@ -326,7 +352,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     for name in ("grad_clip", "time_budget"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"train.{name} must be at least 0 (0 turns it off), got {getattr(cfg, name)}")
-    for name, least in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("checkpoint_every", 1),
+    for name, least in (("steps", 1), ("batch_size", 1), ("threads", 0), ("log_every", 1), ("checkpoint_every", 1),
                         ("keep_checkpoints", 1), ("warmup_steps", 0), ("max_restores", 0), ("sample_every", 0)):
         if getattr(cfg, name) < least:
             raise ValueError(f"train.{name} must be at least {least}, got {getattr(cfg, name)}")
