@@ -184,14 +184,15 @@ class EnergyModel:
                              f"path.sigma_min > 0")
 
     def log_likelihood(self, x: Tensor, hutchinson: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
-                       labels: Tensor | int | None = None) -> Tensor:
-        """Normalised log p(x) of the flow (CNF: log N(z₀) − ∫ΔΦ dt), in user units."""
+                       labels: Tensor | int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Normalised log p(x) of the flow (CNF: log N(z₀) − ∫ΔΦ dt), in user units; Hutchinson's probes (one
+        Rademacher vector per sample) come from `generator`."""
         z = self._z(x)
         phi = self._labelled(labels, len(z))
         field = lambda y, t: velocity(phi, y, t, create_graph=True)  # noqa: E731
         prior_std = float(self.path.sigma(torch.zeros(1)))  # a number: the path is device-free
-        return log_likelihood(field, z, prior_std=prior_std, hutchinson=hutchinson, rtol=rtol, atol=atol) \
-            - self.standardizer.log_abs_det()
+        return log_likelihood(field, z, prior_std=prior_std, hutchinson=hutchinson, rtol=rtol, atol=atol,
+                              generator=generator) - self.standardizer.log_abs_det()
 
     def bits_per_dim(self, images: Tensor, hutchinson: bool = True, generator: torch.Generator | None = None,
                      labels: Tensor | int | dict | None = None) -> tuple[float, float]:
@@ -201,7 +202,8 @@ class EnergyModel:
             raise ValueError(f"bits/dim takes the uint8 images themselves, got {images.dtype}")
         u = torch.rand(images.shape, generator=generator)
         y = (images.float() + u) / 127.5 - 1
-        log_p = self.log_likelihood(y, hutchinson=hutchinson, labels=labels, rtol=1e-3, atol=1e-3)
+        log_p = self.log_likelihood(y, hutchinson=hutchinson, labels=labels, rtol=1e-3, atol=1e-3,
+                                    generator=generator)
         return bits_per_dim(log_p, self.dim)
 
     # -- sampling -----------------------------------------------------------------------------------------------
