@@ -183,6 +183,7 @@ def with_nan_and_inf() -> np.ndarray:
     ("two.npz", {"a": np.zeros((5, 2)), "b": np.zeros((5, 2))}, r"holds 2 arrays \(a, b\); choose one with key="),
     ("words.csv", "x,y\n1,2\nfoo,bar\n", "not a numeric comma-separated table"),
     ("ragged.csv", "1,2\n3,4,5\n", "not a numeric comma-separated table"),
+    ("typo.csv", "1.0,2o\n3,4\n5,6\n", "not a numeric comma-separated table"),  # a typo, not a header
     ("header_only.csv", "x,y\n", "no data rows"),
     ("empty.csv", "", "no data rows"),
     ("one_row.csv", "x,y\n1,2\n", "holds 1 point"),
@@ -193,6 +194,27 @@ def test_bad_point_files_are_refused(tmp_path, name, content, message):
     with pytest.raises(ValueError, match=message) as err:
         load_points(path)
     assert name in str(err.value)
+
+
+def forged_npy(path, shape):
+    """A .npy whose header declares `shape` of float64 but which holds 16 bytes of data."""
+    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(b"\0" * 16)
+
+
+def test_a_forged_header_is_refused_before_any_allocation(tmp_path):
+    forged_npy(tmp_path / "huge.npy", (10**12, 2))  # 16 TB asked for
+    with pytest.raises(ValueError, match=r"declares shape \(1000000000000, 2\).*more than the 16 bytes"):
+        load_points(tmp_path / "huge.npy")
+    forged_npy(tmp_path / "inner.npy", (10**12, 2))
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.write(tmp_path / "inner.npy", "x.npy")
+    with pytest.raises(ValueError, match=r"\(array x.npy\) declares shape"):
+        load_points(tmp_path / "huge.npz")
 
 
 def test_missing_files_and_bad_keys(tmp_path):
@@ -210,6 +232,8 @@ def test_missing_files_and_bad_keys(tmp_path):
         load_points(tmp_path / "x.npy", key="a")
     with pytest.raises(ValueError, match=r"unknown data 'moon': give a toy set \(moons, .*\) or a point file \(.npy"):
         load_data("moon")
+    np.savez(tmp_path / "two.npz", a=np.zeros((5, 2)), b=np.ones((4, 3)))
+    assert load_data(str(tmp_path / "two.npz"), key="b")[0].shape == (4, 3)  # data.key=b on the command line
 
 
 def test_standardizer_round_trip_and_fit():

@@ -19,7 +19,7 @@ from vpfb.training.checkpoint import CorruptCheckpointError
 
 def held_out_split(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Training points and test points: fresh draws for a toy set, a seeded 10% split of a user's file."""
-    points, _ = load_data(cfg.data.name, cfg.data.n, cfg.data.seed)
+    points, _ = load_data(cfg.data.name, cfg.data.n, cfg.data.seed, cfg.data.key or None)
     if cfg.data.name in TOY_DATASETS:
         return points, sample_toy(cfg.data.name, 2000, cfg.data.seed + 1)  # as the benchmark: SE ≈ 0.02 nats
     order = torch.randperm(len(points), generator=torch.Generator().manual_seed(cfg.data.seed))

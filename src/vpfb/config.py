@@ -18,6 +18,7 @@ class DataConfig:
     #                      a folder or a .npy/.npz array (see vpfb.data.load_images); the architecture decides which
     n: int = 100_000  # training points drawn from a toy data set
     seed: int = 0
+    key: str = ""  # points: the array to read from a .npz archive that holds several
     root: str = ""  # images: where torchvision sets live ("" = $VPFB_DATA or ~/.cache/vpfb/data)
     image_size: int = 0  # images: resize (or pad, for digits) to this size; 0 keeps the native size
     flip: bool = False  # images: random horizontal flips

@@ -54,7 +54,7 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
     if cfg.model.architecture in IMAGE_ARCHITECTURES:
         return fit_images(cfg, out, progress_bar, existing)
     if points is None:
-        points, _ = load_data(cfg.data.name, cfg.data.n, cfg.data.seed)
+        points, _ = load_data(cfg.data.name, cfg.data.n, cfg.data.seed, cfg.data.key or None)
     points = torch.as_tensor(points, dtype=torch.float32)
     if points.dim() != 2 or not torch.isfinite(points).all():
         raise ValueError(f"training points must be a finite [N, d] array, got shape {tuple(points.shape)}")

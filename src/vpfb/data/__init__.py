@@ -13,13 +13,14 @@ __all__ = ["IMAGE_SETS", "POINT_FILES", "TOY_DATASETS", "ImageData", "Standardiz
            "load_points", "sample_toy", "toy_log_density"]
 
 
-def load_data(spec: str, n: int = 20000, seed: int = 0) -> tuple[Tensor, str]:
-    """Points [N, d] and a description: n points of the toy set `spec` drawn with `seed`, or the points of a file."""
+def load_data(spec: str, n: int = 20000, seed: int = 0, key: str | None = None) -> tuple[Tensor, str]:
+    """Points [N, d] and a description: n points of the toy set `spec` drawn with `seed`, or the points of a file
+    (of a .npz archive's array `key`)."""
     if spec in TOY_DATASETS:
         return sample_toy(spec, n, seed), f"{n} points of the toy set {spec!r} (seed {seed})"
     path = Path(spec)
     if path.suffix or path.exists():
-        points = load_points(path)
+        points = load_points(path, key)
         return points, f"{len(points)} points of dimension {points.shape[1]} from {path}"
     raise ValueError(f"unknown data {spec!r}: give a toy set ({', '.join(TOY_DATASETS)}) or a point file "
                      f"({', '.join(POINT_FILES)})")

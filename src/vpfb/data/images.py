@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vpfb.data.arrays import load_numpy
 from vpfb.data.torchvision_sets import TORCHVISION_SETS, load_torchvision_set
 
 SINGLE_SPLIT, TRAIN_TEST = ("train",), ("train", "test")
@@ -190,10 +191,7 @@ def _read_array_file(path: Path) -> tuple[Tensor, Tensor | None, int | None]:
     if path.suffix.lower() not in ARRAY_FILES:
         raise ValueError(f"cannot read {path}: image files are {'/'.join(ARRAY_FILES)} arrays; for pictures give "
                          f"their folder")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:  # numpy reports foreign bytes as "pickled data"
-        raise ValueError(f"{path} is not a readable numpy file or holds Python objects ({err})") from err
+    loaded = load_numpy(path)
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             pixels, targets = _npz_arrays(path, loaded)

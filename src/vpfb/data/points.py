@@ -8,15 +8,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vpfb.data.arrays import load_numpy
+
 POINT_FILES = (".npy", ".npz", ".csv")
 
 
 def _read_numpy(path: Path, key: str | None) -> np.ndarray:
     """The array in a .npy file, or the one (or `key`) in a .npz archive; whichever the bytes hold, never unpickled."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:  # numpy reports foreign bytes as "pickled data"
-        raise ValueError(f"{path} is not a readable numpy file or holds Python objects ({err})") from err
+    loaded = load_numpy(path)
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         if key is not None:
             raise ValueError(f"{path} holds a single array; key={key!r} only applies to .npz archives")
@@ -24,7 +23,8 @@ def _read_numpy(path: Path, key: str | None) -> np.ndarray:
     with loaded:
         keys = list(loaded.keys())
         if key is None and len(keys) != 1:
-            raise ValueError(f"{path} holds {len(keys)} arrays ({', '.join(keys) or 'none'}); choose one with key=")
+            raise ValueError(f"{path} holds {len(keys)} arrays ({', '.join(keys) or 'none'}); choose one with key= "
+                             f"(on the command line: data.key=NAME)")
         if key is not None and key not in keys:
             raise ValueError(f"{path} has no array {key!r}; it holds {', '.join(keys)}")
         try:
@@ -34,9 +34,10 @@ def _read_numpy(path: Path, key: str | None) -> np.ndarray:
 
 
 def _read_csv(path: Path) -> np.ndarray:
-    """A numeric comma-separated table; a first row that is not numeric is taken as a header and skipped."""
+    """A numeric comma-separated table; a first row none of whose fields is a number is a header and skipped (a
+    first data row with a typo is an error, not a header)."""
     lines = path.read_text(encoding="utf-8-sig").splitlines()
-    if lines and not _is_numeric_row(lines[0]):
+    if lines and not any(_is_number(field) for field in lines[0].split(",")):
         lines = lines[1:]
     if not any(line.strip() for line in lines):
         raise ValueError(f"{path} has no data rows")
@@ -46,9 +47,9 @@ def _read_csv(path: Path) -> np.ndarray:
         raise ValueError(f"{path} is not a numeric comma-separated table: {err}") from err
 
 
-def _is_numeric_row(line: str) -> bool:
+def _is_number(text: str) -> bool:
     try:
-        [float(v) for v in line.split(",")]
+        float(text)
     except ValueError:
         return False
     return True
