@@ -25,6 +25,21 @@ def test_train_on_a_point_file_then_sample(tmp_path, capsys):
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
+def test_tiny_or_degenerate_point_files_finish_and_say_what_they_scored(tmp_path, capsys):
+    """A 2-D file with a constant column trains and reports (the grid box gets a width); 30 points hold none out and
+    the metrics say they are on the training points; a CUDA device on a machine without one is a clear error."""
+    x = np.stack([np.linspace(-1, 1, 30), np.full(30, 2.0)], 1)
+    np.save(tmp_path / "flat.npy", x)
+    argv = ["train", "--data", str(tmp_path / "flat.npy"), "--out", str(tmp_path / "run"), "--steps", "20",
+            "model.hidden=16", "eval.calibrate=false"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["split"] == "training"
+    assert "none held out" in capsys.readouterr().out
+    if not __import__("torch").cuda.is_available():
+        assert main([*argv[:3], "--out", str(tmp_path / "gpu"), "train.device=cuda"]) == 2
+        assert "no CUDA GPU is available" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,match", [
     (["train", "cifar"], "unknown preset"),
     (["train", "--data", "nowhere.npy"], "does not exist"),

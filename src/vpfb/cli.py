@@ -17,15 +17,16 @@ from vpfb.sampling import SolverError
 from vpfb.training.checkpoint import CorruptCheckpointError
 
 
-def held_out_split(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training points and test points: fresh draws for a toy set, a seeded 10% split of a user's file."""
+def held_out_split(cfg: Config) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Training points and test points: fresh draws for a toy set, a seeded 10% split of a user's file (None when it
+    has fewer than 50 points: nothing is held out)."""
     points, _ = load_data(cfg.data.name, cfg.data.n, cfg.data.seed, cfg.data.key or None)
     if cfg.data.name in TOY_DATASETS:
         return points, sample_toy(cfg.data.name, 2000, cfg.data.seed + 1)  # as the benchmark: SE ≈ 0.02 nats
+    if len(points) < 50:
+        return points, None
     order = torch.randperm(len(points), generator=torch.Generator().manual_seed(cfg.data.seed))
-    n_test = max(1, len(points) // 10) if len(points) >= 50 else 0
-    if n_test == 0:
-        return points, points
+    n_test = len(points) // 10
     return points[order[n_test:]], points[order[:n_test]]
 
 
@@ -37,17 +38,22 @@ def train_and_report(cfg: Config, out: Path, progress_bar: bool = True, existing
     print(f"training on {len(train_points)} points of dimension {train_points.shape[1]} from {cfg.data.name!r}; "
           f"run directory {out}")
     model = fit(cfg, out, train_points, progress_bar, existing)
+    scored, split = (test_points, "test") if test_points is not None else (train_points, "training")
     if model.dim == 2:
         truth = None
-        if cfg.data.name in TOY_DATASETS and toy_log_density(cfg.data.name, test_points[:1]) is not None:
+        if cfg.data.name in TOY_DATASETS and toy_log_density(cfg.data.name, scored[:1]) is not None:
             truth = lambda x: toy_log_density(cfg.data.name, x)  # noqa: E731
-        metrics = report_2d(model, test_points, out, truth)
+        metrics = report_2d(model, scored, out, truth)
     else:
-        metrics = {"cnf_nll": -model.log_likelihood(test_points[:2000]).mean().item()}
+        metrics = {"cnf_nll": -model.log_likelihood(scored[:2000]).mean().item()}
+    metrics = {"split": split, **metrics}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print("test metrics (nats per point, lower is better):")
+    if test_points is None:
+        print(f"fewer than 50 points: none held out, so these metrics are on the {len(train_points)} training points")
+    print(f"{split} metrics (nats per point, lower is better):")
     for key, value in metrics.items():
-        print(f"  {key:12s} {value:10.4f}")
+        if key != "split":
+            print(f"  {key:12s} {value:10.4f}")
     return metrics
 
 

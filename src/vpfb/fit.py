@@ -51,6 +51,8 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
     run again on the same `out` resumes it from its last checkpoint; a different one (configuration or data) is
     refused unless existing="resume" (continue it with the new settings) or "restart" (discard it): see
     vpfb.training.rundir.claim."""
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={cfg.train.device} but no CUDA GPU is available; add train.device=cpu")
     if cfg.model.architecture in IMAGE_ARCHITECTURES:
         return fit_images(cfg, out, progress_bar, existing)
     if points is None:
@@ -131,8 +133,6 @@ def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = 
                existing: str = "check") -> EnergyModel:
     """Train an image potential (U-Net or WideResNet) on cfg.data; sample grids go to out/samples/."""
     d, m = cfg.data, cfg.model
-    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={cfg.train.device} but no CUDA GPU is available; add train.device=cpu")
     world = distributed.current()  # under torchrun every rank trains; rank 0 downloads, writes and draws
     if d.download and world.is_main:
         load_images(d.name, root=d.root or None, image_size=d.image_size or None, download=True)

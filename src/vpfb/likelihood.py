@@ -71,9 +71,11 @@ def grid_log_normaliser(log_density: Callable[[Tensor], Tensor], low: Tensor, hi
 
 
 def grid_box(x: Tensor, pad: float = 0.25) -> tuple[Tensor, Tensor]:
-    """A box around 2-D points, enlarged by `pad` times its size on each side."""
+    """A box around 2-D points, enlarged by `pad` times its size on each side (a side of size 0, a constant column,
+    counts as size 1)."""
     low, high = x.min(0).values, x.max(0).values
-    margin = pad * (high - low)
+    span = high - low
+    margin = pad * torch.where(span > 0, span, torch.ones_like(span))
     return low - margin, high + margin
 
 
