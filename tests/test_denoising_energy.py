@@ -99,8 +99,8 @@ def test_the_preset_network_builds_in_the_energy_parameterisation():
     assert not isinstance(direct, EnergyPotential)
 
 
-@pytest.mark.parametrize("denoise", [False, True])
-def test_energy_langevin_from_the_prior_samples_the_gaussian_read_out(denoise):
+@pytest.mark.parametrize("denoise,predictor", [(False, True), (True, True), (False, False)])
+def test_energy_langevin_from_the_prior_samples_the_gaussian_read_out(denoise, predictor):
     """With ψ exact for Gaussian data, annealed MALA from the prior ends at the data smoothed by σ/μ at the read-out
     t (mean m, variance s² + σ²/μ²), or with denoise at Tweedie's E[x̄ | x] (variance s⁴/(s² + σ²/μ²))."""
     from vpfb.config import Config
@@ -113,7 +113,8 @@ def test_energy_langevin_from_the_prior_samples_the_gaussian_read_out(denoise):
     cfg = Config()
     cfg.eval.density_t = t
     model = EnergyModel(energy, cfg, None, SHAPE)
-    out = model.langevin(3000, steps=300, generator=torch.Generator().manual_seed(2), denoise=denoise)
+    out = model.langevin(3000, steps=300, generator=torch.Generator().manual_seed(2), denoise=denoise,
+                         predictor=predictor)
     noise = ((1 - t) / t) ** 2
     variance = s**4 / (s**2 + noise) if denoise else s**2 + noise
     torch.testing.assert_close(out.x.mean(0), m, atol=4 * variance.max().sqrt().item() / 3000**0.5, rtol=0)

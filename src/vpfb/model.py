@@ -242,8 +242,8 @@ class EnergyModel:
         return self.flow(n, solver, steps, generator=generator, labels=labels, **tolerances).x
 
     def langevin(self, n: int, steps: int = 500, t: float | None = None, step_size: float | None = None,
-                 metropolis: bool = True, anneal: bool | None = None, denoise: bool = True, temperature: float = 1.0,
-                 x0: Tensor | None = None, generator: torch.Generator | None = None,
+                 metropolis: bool = True, anneal: bool | None = None, predictor: bool = True, denoise: bool = True,
+                 temperature: float = 1.0, x0: Tensor | None = None, generator: torch.Generator | None = None,
                  labels: Tensor | int | dict | None = None) -> AnnealedResult:
         """Samples of the energy alone (no ODE): MALA (or unadjusted Langevin) on ψ(x, t) ∝ log ρ̄ₜ, in the path's
         coordinates x = μ(t)z, for the given labels or composition; returns the samples in user units with the
@@ -251,7 +251,8 @@ class EnergyModel:
 
         anneal (the default without x0): chains start at the prior N(0, σ(0)²I), where ψ(·, 0) is exact, and visit
         steps // 5 times tₖ evenly spaced in (0, t], 5 steps at each (annealed MCMC, as Du et al. 2023 do with
-        diffusion energies); otherwise `steps` steps at t from x0 (user units) or from n flow samples. t defaults to
+        diffusion energies), moved from one time to the next by an Euler step of the flow dx/dt = ∇Φ, itself built
+        from ψ (predictor; predictor=False leaves the MCMC steps alone to follow the moving target); otherwise `steps` steps at t from x0 (user units) or from n flow samples. t defaults to
         the read-out time eval.density_t. step_size None: σ(tₖ)²/D^(1/3), times a factor adapted between blocks of 5
         steps towards MALA's 0.574 acceptance; a number: that step in standardised data units (μ²·step in x), fixed.
         denoise: return Tweedie's E[x̄ | x] = (x + σ²∇ψ)/μ at the last t instead of x/μ."""
@@ -277,10 +278,15 @@ class EnergyModel:
             base = [float(self.path.sigma(self._t(s, 1))) ** 2 / self.dim ** (1 / 3) for s in times]
         else:
             base = [float(self.path.mu(self._t(s, 1))) ** 2 * step_size for s in times]
-        psi = self._labelled(labels, len(x)).log_density
-        log_p = lambda y, s: psi(y, torch.full((len(y),), s, device=y.device))  # noqa: E731
+        potential = self._labelled(labels, len(x))
+        full = lambda y, s: torch.full((len(y),), s, device=y.device)  # noqa: E731
+        log_p = lambda y, s: potential.log_density(y, full(y, s))  # noqa: E731
+        transport = None
+        if anneal and predictor:
+            transport = lambda y, s0, s1: y + (s1 - s0) * velocity(potential, y, full(y, s0))  # noqa: E731
+            x = transport(x, 0.0, times[0]).detach()
         res = annealed_langevin(log_p, x, times, base, block, temperature, metropolis,
-                                0.574 if step_size is None else None, generator)
+                                0.574 if step_size is None else None, generator, transport)
         x = res.x
         if denoise:
             x = x + sigma**2 * value_and_grad(lambda y: log_p(y, t), x)[1]

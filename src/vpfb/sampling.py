@@ -154,17 +154,21 @@ class AnnealedResult:
 
 def annealed_langevin(log_p: Callable[[Tensor, float], Tensor], x0: Tensor, times: list[float],
                       base_steps: list[float], steps_per_level: int, temperature: float = 1.0, metropolis: bool = True,
-                      target_acceptance: float | None = 0.574, generator: torch.Generator | None = None
-                      ) -> AnnealedResult:
+                      target_acceptance: float | None = 0.574, generator: torch.Generator | None = None,
+                      transport: Callable[[Tensor, float, float], Tensor] | None = None) -> AnnealedResult:
     """Chains carried through the targets log_p(·, t) for t in `times`, `steps_per_level` Langevin (MALA) steps at
     each, at step η·base_steps[k]. With MALA and a target acceptance a*, η ← η·exp(2(a − a*)) after each level whose
     acceptance was a (0.574: MALA's optimum for product targets, Roberts & Rosenthal 1998); the step changes only
-    between levels, so each level's chain leaves its own target invariant."""
+    between levels, so each level's chain leaves its own target invariant. `transport(x, s, t)`, when given, moves
+    the chains from one level's target towards the next before its steps (a predictor, as in Song et al. 2021's
+    predictor–corrector samplers); the MCMC steps at each level are the corrector."""
     if len(times) != len(base_steps) or not times or steps_per_level < 1:
         raise ValueError(f"need one base step per time and steps_per_level ≥ 1; got {len(times)} times, "
                          f"{len(base_steps)} steps, steps_per_level={steps_per_level}")
     x, eta, acceptance, used = x0, 1.0, [], []
-    for t, base in zip(times, base_steps):
+    for k, (t, base) in enumerate(zip(times, base_steps)):
+        if transport is not None and k > 0:
+            x = transport(x, times[k - 1], t).detach()
         used.append(eta * base)
         res = sample_langevin(lambda y, t=t: log_p(y, t), x, steps_per_level, eta * base, temperature, metropolis,
                               generator=generator)
