@@ -56,6 +56,19 @@ def test_generic_combination_and_errors(model):
     assert torch.allclose(velocity(combo, x, torch.zeros(4)), 4 * x - 1)
     with pytest.raises(ValueError, match="one weight per potential"):
         CombinedPotential([f], [1.0, 2.0])
+    with pytest.raises(ValueError, match="must sum to 1"):
+        CombinedPotential([f, g], [1.0, 1.0])
+
+
+def test_a_combination_is_the_weighted_product_of_the_experts(model):
+    """Σ wₖΦ(·|cₖ) and Σ wₖ log ρ(·|cₖ) with the composition's weights: a dropped or unnormalised weight fails."""
+    x, t = torch.randn(3, 1, 8, 8), 0.6
+    for labels in (average([2, 7], [1.0, 3.0]), negate(4, 9, 0.5)):
+        phi = sum(w * model.potential(x, t, labels=c) for c, w in labels.items())
+        log_rho = sum(w * model.log_density(x, t, labels=c) for c, w in labels.items())
+        torch.testing.assert_close(model.potential(x, t, labels=labels), phi)
+        torch.testing.assert_close(model.log_density(x, t, labels=labels), log_rho)
+        assert not torch.allclose(log_rho, model.log_density(x, t, labels=list(labels)[0]))
     with pytest.raises(ValueError, match="labels must lie"):
         model.sample(2, solver="euler", steps=2, labels=average([3, 12]))
     unconditional = fit(load_config("digits-cpu", STEPS[:4]), progress_bar=False)

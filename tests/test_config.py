@@ -68,6 +68,7 @@ def test_bad_sources():
 
 @pytest.mark.parametrize("preset,override", [("digits-cpu", "loss.partition_weight=0.1"),
                                              ("toy2d", "loss.name=released"),
+                                             ("toy2d", "loss.time_sampling=logit_normal"),
                                              ("toy2d", "model.parameterisation=direct")])
 def test_partition_term_only_where_it_works(preset, override):
     """The partition term needs few dimensions, adds to the Deep Ritz loss and reads ψ from the energy

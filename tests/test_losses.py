@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,6 +165,31 @@ def test_released_loss_runs_and_reports_its_parts():
     assert -1 <= out.parts["corr"] <= 1
     grads = torch.autograd.grad(out.loss, list(potential.parameters()))
     assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_released_loss_matches_its_formula_term_by_term():
+    """Φ(x, t) = t w·x + ½t‖x‖² has ∇Φ = t(w + x) and ∂ₜΦ = w·x + ½‖x‖²; every part of the hybrid, computed here
+    from its definition with numpy, must match (a flipped sign of x̄·ε or of the alignment term fails)."""
+    path, w = LinearPath(), torch.tensor([0.7, -0.3], dtype=torch.float64)
+    phi = lambda x, t: t * (x @ w) + 0.5 * t * (x**2).sum(1)  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    x_bar, eps = mixture(64).double(), torch.randn(64, 2, generator=g, dtype=torch.float64)
+    t = torch.rand(64, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    out = ReleasedVAPOLoss(path)(phi, x_bar, t, eps)
+    xb, e, tt = x_bar.numpy(), eps.numpy(), t.numpy()[:, None]
+    x, u, d = tt * xb + (1 - tt) * e, xb - e, 2
+    values = phi(torch.from_numpy(x), t).numpy()
+    gamma = (1 - tt[:, 0]) * ((e * e).sum(1) - (xb * e).sum(1)) / d
+    corr = np.corrcoef(values, gamma)[0, 1]
+    grad = tt * (w.numpy() + x)
+    dirichlet = (grad**2).sum(1).mean() / d
+    time_grad = ((x @ w.numpy() + 0.5 * (x**2).sum(1)) ** 2).mean()
+    norms = np.linalg.norm(grad, axis=1) * np.linalg.norm(u, axis=1)
+    align = -((grad * u).sum(1) / (d * norms ** tt[:, 0])).mean()
+    expected = {"corr": corr, "dirichlet": dirichlet, "time_grad": time_grad, "align": align,
+                "loss": corr + 0.5 * dirichlet + 0.1 * time_grad + align}
+    for name, value in expected.items():
+        assert out.parts[name].item() == pytest.approx(value, rel=1e-9, abs=1e-12), name
 
 
 def test_bad_loss_options_are_rejected():

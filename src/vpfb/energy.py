@@ -30,6 +30,11 @@ class CombinedPotential:
         if len(potentials) != len(weights) or not potentials:
             raise ValueError(f"need one weight per potential, got {len(potentials)} potentials and {len(weights)} "
                              f"weights")
+        if abs(sum(weights) - 1) > 1e-6:
+            # Φₖ = ½f‖x‖² + ½g²ψₖ: only weights summing to one keep Σ wₖΦₖ the potential of Σ wₖψₖ
+            raise ValueError(f"composition weights must sum to 1 (got {list(weights)}, sum {sum(weights):g}): "
+                             f"otherwise the flow of Σ wΦ and the density Σ w log ρ describe different laws. "
+                             f"Normalise them; a sharper or flatter product is a temperature")
         self.potentials, self.weights = potentials, [float(w) for w in weights]
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:

@@ -34,6 +34,11 @@ def build_loss_from_config(cfg: Config, path: GaussianPath):
         raise ConfigError("loss.partition_weight needs model.parameterisation=energy: the direct read-out "
                           "ψ = (2Φ − f‖x‖²)/g² scales the term's gradient by 1/g² near t = 1 (measured on two moons: "
                           "CNF NLL 68 nats); set loss.partition_weight=0")
+    if cfg.loss.partition_weight and cfg.loss.time_sampling != "uniform":
+        raise ConfigError("loss.partition_weight draws its times uniformly; with loss.time_sampling="
+                          f"{cfg.loss.time_sampling!r} its two halves would average over different time laws and the "
+                          "loss would fall without bound along ψ + c(t): set loss.partition_weight=0 or "
+                          "loss.time_sampling=uniform")
     if cfg.loss.partition_weight and cfg.loss.name != "deep_ritz":
         raise ConfigError(f"loss.partition_weight adds a term to the Deep Ritz loss, not to loss.name="
                           f"{cfg.loss.name!r}: set loss.partition_weight=0")

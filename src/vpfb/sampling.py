@@ -107,7 +107,8 @@ class LangevinResult:
 def sample_langevin(log_p: Callable[[Tensor], Tensor], x0: Tensor, steps: int = 500, step_size: float = 1e-2,
                     temperature: float = 1.0, metropolis: bool = False, save_every: int | None = None,
                     generator: torch.Generator | None = None) -> LangevinResult:
-    """Langevin dynamics x ← x + h ∇log p(x) + √(2hT) ξ, stationary law ∝ p^(1/T).
+    """Langevin dynamics x ← x + h ∇log p(x)/T + √(2h) ξ, stationary law ∝ p^(1/T) (the same chain as
+    x + h'∇log p + √(2h'T) ξ with h' = h/T: `step_size` is h, the step on log p/T).
 
     With metropolis=True each move is accepted or rejected (MALA), which removes the O(h) bias of the
     unadjusted chain; log_p must then be an exact (unnormalised) log-density.
