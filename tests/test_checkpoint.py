@@ -98,6 +98,55 @@ def test_resume_after_sigkill_continues_exactly(tmp_path, one_thread, capsys):
     assert torch.equal(flat(resumed.ema), flat(baseline.ema))
 
 
+# a run that checkpoints every 3 steps (so that many kills land inside a checkpoint write) and prints "done"
+FAULT_CHILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import torch
+torch.set_num_threads(1)
+from test_checkpoint import FAULT_CFG, setup
+from vpfb.training import train
+
+potential, loss, data = setup()
+train(potential, loss, data, FAULT_CFG, progress_bar=False, run_dir=Path(sys.argv[2]))
+print("done")
+"""
+FAULT_CFG = TrainConfig(steps=150, batch_size=32, log_every=10, checkpoint_every=3, keep_checkpoints=2)
+
+
+@pytest.mark.slow
+def test_killed_at_random_moments_a_run_always_resumes_to_the_uninterrupted_weights(tmp_path, one_thread):
+    """SIGKILL at random times (while importing, training, or writing a checkpoint), resumed each time, until the run
+    finishes: its final weights and EMA equal an uninterrupted run's, bit for bit."""
+    import random
+
+    rng, run_dir, kills = random.Random(0), tmp_path / "run", 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for attempt in range(40):
+        child = subprocess.Popen([sys.executable, "-c", FAULT_CHILD, str(Path(__file__).parent), str(run_dir)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:  # random lifetimes that grow, so that a slow machine still finishes the run
+            out, err = child.communicate(timeout=rng.uniform(1.0, 3.0) + 0.5 * attempt)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+            child.communicate()
+            kills += 1
+            continue
+        assert child.returncode == 0 and "done" in out, err
+        break
+    else:
+        pytest.fail("the run never finished")
+    assert kills >= 3  # the test killed it several times on the way
+    potential, loss, data = setup()
+    baseline = train(potential, loss, data, FAULT_CFG, progress_bar=False)
+    final = checkpoint.load_latest(run_dir)
+    assert final.step == 150
+    for prefix, module in (("model.", potential), ("ema.module.", baseline.ema)):
+        saved = torch.cat([final.tensors[prefix + k].flatten() for k, _ in module.named_parameters()])
+        assert torch.equal(saved, flat(module)), prefix
+
+
 def test_resume_says_so_and_a_finished_run_stays_finished(run, capsys):
     potential, loss, data = setup()
     cfg = TrainConfig(steps=60, batch_size=32, log_every=10, checkpoint_every=20)
