@@ -286,11 +286,31 @@ class EnergyModel:
             transport = lambda y, s0, s1: y + (s1 - s0) * velocity(potential, y, full(y, s0))  # noqa: E731
             x = transport(x, 0.0, times[0]).detach()
         res = annealed_langevin(log_p, x, times, base, block, temperature, metropolis,
-                                0.574 if step_size is None else None, generator, transport)
+                                0.574 if step_size is None else None, generator, transport,
+                                start_time=0.0 if anneal else None)
         x = res.x
         if denoise:
             x = x + sigma**2 * value_and_grad(lambda y: log_p(y, t), x)[1]
-        return AnnealedResult(self.standardizer.inverse(x.detach() / mu), res.acceptance, res.step_sizes)
+        return dataclasses.replace(res, x=self.standardizer.inverse(x.detach() / mu))
+
+    def log_partition(self, t: float | None = None, n: int = 64, steps: int = 1000,
+                      generator: torch.Generator | None = None, labels: Tensor | int | dict | None = None
+                      ) -> tuple[float, float]:
+        """log Z_t = log ∫ exp ψ(x, t) dx (path coordinates; the same for log_density's data coordinates) by annealed
+        importance sampling from the prior, where ψ(·, 0) = log N(0, σ(0)²I) + log Z₀ exactly, through `steps`
+        MALA steps (`langevin` without its predictor); returns (log Z_t, effective sample size of the n chains).
+        log_density(x, t) − log Z_t is then normalised, as far as the ESS lets one trust it."""
+        if not isinstance(self.phi, EnergyPotential):
+            raise ValueError("log_partition anneals from ψ(·, 0) = the prior, which holds under the energy "
+                             "parameterisation only (model.parameterisation=energy)")
+        t = self.config.eval.density_t if t is None else float(t)
+        res = self.langevin(n, steps, t, predictor=False, denoise=False, generator=generator, labels=labels)
+        sigma0 = float(self.path.sigma(self._t(0.0, 1)))
+        log_z0 = 0.5 * self.dim * math.log(2 * math.pi * sigma0**2)
+        w = res.log_weights
+        log_z = float(torch.logsumexp(w, 0) - math.log(n)) + log_z0
+        ess = float(torch.exp(2 * torch.logsumexp(w, 0) - torch.logsumexp(2 * w, 0)))
+        return log_z, ess
 
     def sample_langevin(self, n: int, *args, target: str = "density", **kwargs) -> Tensor:
         """The samples of `langevin` (target="density", the same arguments), or of the paper's exp(Φ_B)

@@ -151,25 +151,35 @@ class AnnealedResult:
     x: Tensor
     acceptance: list[float]  # per level (MALA), or empty
     step_sizes: list[float]  # the step used at each level
+    log_weights: Tensor | None = None  # [N] annealed importance weights (no transport), log Z_K/Z_0 = log mean exp
 
 
 def annealed_langevin(log_p: Callable[[Tensor, float], Tensor], x0: Tensor, times: list[float],
                       base_steps: list[float], steps_per_level: int, temperature: float = 1.0, metropolis: bool = True,
                       target_acceptance: float | None = 0.574, generator: torch.Generator | None = None,
-                      transport: Callable[[Tensor, float, float], Tensor] | None = None) -> AnnealedResult:
+                      transport: Callable[[Tensor, float, float], Tensor] | None = None,
+                      start_time: float | None = None) -> AnnealedResult:
     """Chains carried through the targets log_p(·, t) for t in `times`, `steps_per_level` Langevin (MALA) steps at
     each, at step η·base_steps[k]. With MALA and a target acceptance a*, η ← η·exp(2(a − a*)) after each level whose
     acceptance was a (0.574: MALA's optimum for product targets, Roberts & Rosenthal 1998); the step changes only
     between levels, so each level's chain leaves its own target invariant. `transport(x, s, t)`, when given, moves
     the chains from one level's target towards the next before its steps (a predictor, as in Song et al. 2021's
-    predictor–corrector samplers); the MCMC steps at each level are the corrector."""
+    predictor–corrector samplers); the MCMC steps at each level are the corrector. Without transport, and with x0
+    drawn exactly from exp log_p(·, t₀)/Z₀ for a time t₀ before times[0] (`start_time`), the result carries the
+    annealed importance weights Σₖ [log_p(x, tₖ) − log_p(x, tₖ₋₁)] (Neal 2001): log Z(t_K)/Z(t₀) ≈ log mean exp."""
     if len(times) != len(base_steps) or not times or steps_per_level < 1:
         raise ValueError(f"need one base step per time and steps_per_level ≥ 1; got {len(times)} times, "
                          f"{len(base_steps)} steps, steps_per_level={steps_per_level}")
     x, eta, acceptance, used = x0, 1.0, [], []
+    weighted = transport is None and start_time is not None
+    log_w = torch.zeros(len(x0), dtype=torch.float64, device=x0.device) if weighted else None
     for k, (t, base) in enumerate(zip(times, base_steps)):
         if transport is not None and k > 0:
             x = transport(x, times[k - 1], t).detach()
+        if weighted:
+            with torch.no_grad():
+                previous = times[k - 1] if k else start_time
+                log_w += (log_p(x, t) - log_p(x, previous)).double() / temperature
         used.append(eta * base)
         res = sample_langevin(lambda y, t=t: log_p(y, t), x, steps_per_level, eta * base, temperature, metropolis,
                               generator=generator)
@@ -178,7 +188,7 @@ def annealed_langevin(log_p: Callable[[Tensor, float], Tensor], x0: Tensor, time
             acceptance.append(res.acceptance)
             if target_acceptance is not None:
                 eta *= math.exp(2 * (res.acceptance - target_acceptance))
-    return AnnealedResult(x, acceptance, used)
+    return AnnealedResult(x, acceptance, used, log_w)
 
 
 def draw_like(sampler, like: Tensor, generator: torch.Generator | None) -> Tensor:
