@@ -19,6 +19,7 @@ from vpfb.model import EnergyModel, build_potential
 from vpfb.training import World
 
 DIM = 8
+DIGITS_TRAIN = 1797 - 300  # scikit-learn's digits without their test split (the last 30 of each class)
 
 
 class Projection(nn.Module):
@@ -56,7 +57,7 @@ def features(n, d=5, seed=0):
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_images("digits", labels=False).batch(torch.arange(1797))
+    return load_images("digits", labels=False).batch(torch.arange(DIGITS_TRAIN))
 
 
 # ---- statistics ----------------------------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def test_distance_of_stats_is_torchmetrics_fid_of_the_features(tmp_path):
 def test_the_training_set_against_itself_is_zero_and_noise_raises_fid_monotonically(digits, tmp_path):
     extractor = Projection()
     reference = reference_stats("digits", extractor, "projection", cache_dir=tmp_path)
-    assert reference.count == 1797 and reference.meta["shape"] == "1x8x8"
+    assert reference.count == DIGITS_TRAIN and reference.meta["shape"] == "1x8x8"
 
     def fid_of(x):
         with torch.no_grad():
@@ -174,23 +175,23 @@ def test_inception_without_torch_fidelity_names_the_install(monkeypatch):
 def test_the_reference_is_computed_once_then_read_from_the_cache(tmp_path):
     extractor = Counting()
     first = reference_stats("digits", extractor, "counting", cache_dir=tmp_path, batch_size=500)
-    assert extractor.seen == 1797
+    assert extractor.seen == DIGITS_TRAIN
     files = list(tmp_path.iterdir())
     assert [p.name for p in files] == ["digits-train-native-counting.safetensors"]
     second = reference_stats("digits", extractor, "counting", cache_dir=tmp_path)
-    assert extractor.seen == 1797  # not recomputed
+    assert extractor.seen == DIGITS_TRAIN  # not recomputed
     assert second.count == first.count and torch.equal(second.outer, first.outer)
 
     files[0].write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
     with pytest.warns(UserWarning, match="unreadable.*recomputing"):
         third = reference_stats("digits", extractor, "counting", cache_dir=tmp_path, batch_size=500)
-    assert extractor.seen == 2 * 1797 and torch.equal(third.outer, first.outer)
-    assert FeatureStats.load(files[0]).count == 1797  # rewritten
+    assert extractor.seen == 2 * DIGITS_TRAIN and torch.equal(third.outer, first.outer)
+    assert FeatureStats.load(files[0]).count == DIGITS_TRAIN  # rewritten
 
     os.replace(files[0], tmp_path / "digits-train-native-other.safetensors")  # a file under another key's name
     with pytest.warns(UserWarning, match="describe.*counting.*recomputing"):
         reference_stats("digits", extractor, "other", cache_dir=tmp_path)
-    assert extractor.seen == 3 * 1797
+    assert extractor.seen == 3 * DIGITS_TRAIN
 
 
 def test_the_cache_follows_the_extractors_weights_and_the_image_size(tmp_path):
@@ -208,7 +209,7 @@ def test_fid_of_a_tiny_model_is_finite_deterministic_and_seeded(tmp_path):
     model = tiny_model()
     result = fid(model, 40, extractor=Projection(), batch_size=16, steps=2, cache_dir=tmp_path, progress=False)
     assert set(result) == {"fid", "samples", "reference", "extractor", "feature_dim", "seed"}
-    assert result["samples"] == 40 and result["feature_dim"] == DIM and result["reference"]["images"] == 1797
+    assert result["samples"] == 40 and result["feature_dim"] == DIM and result["reference"]["images"] == DIGITS_TRAIN
     assert result["extractor"].startswith("Projection-") and 0 < result["fid"] < float("inf")
     again = fid(model, 40, extractor=Projection(), batch_size=16, steps=2, cache_dir=tmp_path, progress=False)
     other = fid(model, 40, extractor=Projection(), batch_size=16, steps=2, cache_dir=tmp_path, progress=False, seed=1)

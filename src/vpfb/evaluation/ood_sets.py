@@ -32,7 +32,8 @@ def synthetic_ood_sets(x: Tensor, generator: torch.Generator | None) -> dict[str
             "constant": (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1).expand_as(x).contiguous(),
             "inverted": -x, "rotated 90°": torch.rot90(x, 1, (2, 3)), "rotated 180°": torch.rot90(x, 2, (2, 3)),
             "blurred": gaussian_blur(x, 1.0), "shifted 3 px": shifted(x, 3)}
-    digits = load_images("digits").batch(torch.arange(n) % 1797)
+    digits = load_images("digits")
+    digits = digits.batch(torch.arange(n) % len(digits))
     sets["digits 8×8 upscaled"] = F.interpolate(digits, size=(h, w), mode="bilinear").expand(n, c, h, w).contiguous()
     return sets
 
