@@ -5,8 +5,8 @@ measured on the 1,000 held-out digits of the test split:
 
 - agreement: ψ read at t (log_density) against the model's CNF log-likelihood (Hutchinson, dopri5 1e-3) of the same
   digits: Spearman's rank correlation and the spread (sd) of their difference in bits/dim;
-- normalisation: log Z_t = log E_q[exp ψ(x, t) / q(x)] with the flow's own marginal at t as the proposal q (samples
-  of the ODE from the prior to t, log q from the CNF along the same path) and its effective sample size;
+- normalisation: log Z_t by annealed importance sampling from the prior (where ψ is exact) with its effective
+  sample size, and the held-out digits' bits/dim under the normalised energy beside the CNF's;
 - sampling: the Fréchet distance (features of benchmarks/mnist_classifier.py, against the training digits) of
   samples drawn from the energy alone (annealed MALA from the prior, `EnergyModel.sample_langevin`) against the
   ODE's (10 Heun steps) from the same model;
@@ -29,11 +29,10 @@ from torch import Tensor
 from mnist5k import draw, load_or_train
 from vpfb.data import load_images
 from vpfb.evaluation.frechet import extract_features, frechet_distance
-from vpfb.likelihood import log_likelihood
 from vpfb.model import EnergyModel, load
 from vpfb.plots import save_image_grid
 from vpfb.potentials import velocity
-from vpfb.sampling import integrate, sample_langevin
+from vpfb.sampling import sample_langevin
 
 
 def log(message: str) -> None:
@@ -63,21 +62,16 @@ def agreement(model: EnergyModel, x: Tensor, times: list[float]) -> tuple[list[d
     return rows, cnf
 
 
-def log_partition(model: EnergyModel, t: float, n: int) -> dict:
-    """log Z_t of exp ψ(·, t) by importance sampling from the flow's marginal at t, in the path's coordinates."""
-    phi = model.phi
-    field = lambda y, s: velocity(phi, y, s, create_graph=True)  # noqa: E731
-    x0 = torch.randn(n, *model.shape, generator=torch.Generator().manual_seed(1))
-    xt = torch.cat([integrate(lambda y, s: velocity(phi, y, s), c, 0.0, t, rtol=1e-3, atol=1e-3).x
-                    for c in x0.split(128)])
-    torch.manual_seed(1)
-    log_q = in_batches(lambda c: log_likelihood(field, c, 0.0, t, hutchinson=True, rtol=1e-3, atol=1e-3), xt, 128)
-    tt = torch.full((len(xt),), t)
-    psi = torch.cat([phi.log_density(c, s).detach() for c, s in zip(xt.split(128), tt.split(128))])
-    log_w = (psi - log_q).double()
-    log_z = torch.logsumexp(log_w, 0) - math.log(n)
-    ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
-    return {"t": t, "log_z": float(log_z), "ess": float(ess), "n": n, "log_w_sd": float(log_w.std())}
+def normalised_bits(model: EnergyModel, x: Tensor, cnf: Tensor, t: float, chains: int, steps: int) -> dict:
+    """log Z_t by annealed importance sampling from the prior (EnergyModel.log_partition), and the bits/dim of the
+    held-out digits under the normalised energy log_density − log Z_t beside the CNF's, both of the same
+    dequantised digits (bpd = (−log p + D log 127.5)/(D ln 2))."""
+    log_z, ess = model.log_partition(t, n=chains, steps=steps, generator=torch.Generator().manual_seed(2))
+    psi = in_batches(lambda c: model.log_density(c, t), x).double()
+    offset = model.dim * math.log(127.5)
+    to_bits = lambda log_p: float(((-log_p + offset) / (model.dim * math.log(2))).mean())  # noqa: E731
+    return {"t": t, "log_z": log_z, "ess": ess, "chains": chains, "steps": steps,
+            "energy_bpd": to_bits(psi - log_z), "cnf_bpd": to_bits(cnf.double())}
 
 
 def long_chain(model: EnergyModel, t: float, steps: int, chains: int, held_out: Tensor, out: Path) -> dict:
@@ -106,15 +100,17 @@ def main() -> None:
     p.add_argument("--times", type=float, nargs="*", default=[0.7, 0.8, 0.9, 0.95])
     p.add_argument("--read-out", type=float, default=0.9, help="t for log Z, MALA and the long chain")
     p.add_argument("--samples", type=int, default=1000, help="samples for the Fréchet distances")
-    p.add_argument("--langevin-steps", type=int, default=500)
-    p.add_argument("--partition-samples", type=int, default=256)
+    p.add_argument("--langevin-steps", type=int, default=250)
+    p.add_argument("--partition-chains", type=int, default=64)
+    p.add_argument("--partition-steps", type=int, default=1000)
     p.add_argument("--chain-steps", type=int, default=5000)
     p.add_argument("--skip", nargs="*", default=[], choices=["agreement", "partition", "sampling", "chain"])
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "image_energy")
     args = p.parse_args()
     torch.set_num_threads(1)
-    held_out = load_images("mnist5k", split="test", labels=False)
-    x = held_out.batch(torch.arange(len(held_out)))[: args.n]
+    held_out = load_images("mnist5k", split="test", labels=False)  # dequantised, as bits/dim assumes
+    x = held_out.batch(torch.arange(len(held_out)), dequantize=True, generator=torch.Generator().manual_seed(0))
+    x = x[: args.n]
     classifier, _ = load_or_train()
     train = load_images("mnist5k", labels=False)
     train_features = extract_features(classifier, train.batch(torch.arange(len(train))))
@@ -124,11 +120,12 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         energy = model.config.model.parameterisation == "energy"
         if "agreement" not in args.skip:
-            row["agreement"], _ = agreement(model, x, args.times)
+            row["agreement"], cnf = agreement(model, x, args.times)
             log(f"{run}: agreement {row['agreement']}")
-        if energy and "partition" not in args.skip:
-            row["partition"] = log_partition(model, args.read_out, args.partition_samples)
-            log(f"{run}: partition {row['partition']}")
+            if energy and "partition" not in args.skip:
+                row["partition"] = normalised_bits(model, x, cnf, args.read_out, args.partition_chains,
+                                                   args.partition_steps)
+                log(f"{run}: partition {row['partition']}")
         if "sampling" not in args.skip:
             z0 = torch.randn(args.samples, *model.shape, generator=torch.Generator().manual_seed(0))
             ode, _ = draw(lambda y, s: velocity(model.phi, y, s), z0, "heun", 10)
