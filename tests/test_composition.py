@@ -42,10 +42,10 @@ def test_samplers_accept_compositions(model):
     combo = negate(1, 7)
     assert model.sample(2, solver="euler", steps=3, labels=combo).shape == (2, 1, 8, 8)
     assert model.log_density(torch.randn(2, 1, 8, 8), labels=combo).shape == (2,)
-    for target in ("density", "boltzmann"):  # an explicit energy: Metropolis-corrected chains on the composition
-        x = model.sample_langevin(2, steps=2, step_size=1e-3, x0=torch.randn(2, 1, 8, 8), labels=combo,
-                                  metropolis=True, target=target)
-        assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+    # an explicit energy: Metropolis-corrected chains on the composition, from given points or annealed from the prior
+    for x0 in (torch.randn(2, 1, 8, 8), None):
+        out = model.langevin(2, steps=10, x0=x0, labels=combo)
+        assert out.x.shape == (2, 1, 8, 8) and torch.isfinite(out.x).all() and len(out.acceptance) == 2
 
 
 def test_generic_combination_and_errors(model):

@@ -60,10 +60,12 @@ def test_digits_run_directory_and_handle(digits_run):
     assert model.shape == (1, 8, 8)
     x = model.sample(3, solver="euler", steps=4)
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
-    for out in (model.log_density(x), model.potential(x), model.boltzmann(x)):
+    for out in (model.log_density(x), model.potential(x), model.boltzmann(x, t=0.9)):
         assert out.shape == (3,) and torch.isfinite(out).all()
-    # the head at t = 1 on the direct parameterisation: Φ = ½‖x − U(x, 1)‖² ≥ 0
-    assert (model.potential(x, 1.0) >= 0).all()
+    # the energy parameterisation at t = 1 (σ = 0): Φ = ½‖x‖² whatever the weights, so Φ_B there is refused
+    torch.testing.assert_close(model.potential(x, 1.0), 0.5 * x.flatten(1).square().sum(1))
+    with pytest.raises(ValueError, match="Φ_B is blind"):
+        model.boltzmann(x)
     images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     bpd, se = model.bits_per_dim(images, generator=torch.Generator().manual_seed(1))
     assert 0 < bpd < 16 and 0 < se < bpd
