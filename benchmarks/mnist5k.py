@@ -7,7 +7,8 @@ training steps and (b) at equal CPU wall clock; quality is the Fréchet distance
     OMP_NUM_THREADS=1 python benchmarks/mnist5k.py --timing-only --timing-rounds 9      # the step-time ratio only
     OMP_NUM_THREADS=1 python benchmarks/mnist5k.py --runs runs/m --methods              # a `vpfb train` run only
 
-VPFB is `vpfb.fit` on the mnist5k-cpu preset (direct Φ = ½‖x − U(x, t)‖², pathwise Deep Ritz loss, uniform weight).
+VPFB is `vpfb.fit` on the mnist5k-cpu preset (the energy U-Net ψ = −½‖x/√v − μW‖²; `--set
+model.parameterisation=direct` for the paper's Φ = ½‖x − U(x, t)‖²), pathwise Deep Ritz loss, uniform weight.
 Flow matching trains the same backbone U(x, t) to regress u = x̄ − ε at x_t = t x̄ + (1 − t) ε (uniform weight).
 All runs share the preset's training settings as a user of `vpfb train mnist5k-cpu --steps N` gets them (batch 32,
 Adam with 200 warm-up steps and cosine decay 5e-4 → 2e-5, the trainer's EMA with its warm-up ramp) and the
