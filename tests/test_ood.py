@@ -43,6 +43,11 @@ def test_a_gaussian_model_scores_far_points_lower(tmp_path):
     for score in ("log_density", "likelihood", "grad_norm"):
         s = ood_scores(model, torch.cat([near, far]), score, batch_size=64)
         assert s.shape == (400,) and s[:200].mean() > s[200:].mean(), score
+    # ‖∇Φ‖ is read at the read-out t, where it depends on the model, not at t = 1, where ∇Φ(x, 1) = x for it
+    x = torch.cat([near, far])
+    blind = -(x - model.standardizer.mean).norm(dim=1)  # ∇Φ(z, 1) = z: in user units the velocity is x − mean
+    assert torch.allclose(-model.velocity(x, 1.0).norm(dim=1), blind, rtol=1e-2)
+    assert not torch.allclose(ood_scores(model, x, "grad_norm"), blind, rtol=1e-2)
     # the paper's Φ_B at t = 1 does not depend on the weights of this model (energy parameterisation, σ(1) = 0)
     with pytest.raises(ValueError, match="Φ_B is blind"):
         ood_scores(model, near, "boltzmann")
