@@ -4,7 +4,8 @@
 
 Trained on the 4,000 digits of vpfb's mnist5k training split and measured on its 1,000 held-out test digits (the
 last 100 of each class); Adam with a cosine learning rate, no augmentation, one thread. Prints the held-out
-accuracy, which is also stored in the file's metadata. The weights (106k parameters, 0.4 MB) are small enough to commit, so benchmarks load them.
+accuracy, which is also stored in the file's metadata. The weights (106k parameters, 0.4 MB) are small enough to
+commit, so benchmarks load them.
 """
 from __future__ import annotations
 

@@ -252,9 +252,10 @@ class EnergyModel:
         anneal (the default without x0): chains start at the prior N(0, σ(0)²I), where ψ(·, 0) is exact, and visit
         steps // 5 times tₖ evenly spaced in (0, t], 5 steps at each (annealed MCMC, as Du et al. 2023 do with
         diffusion energies), moved from one time to the next by an Euler step of the flow dx/dt = ∇Φ, itself built
-        from ψ (predictor; predictor=False leaves the MCMC steps alone to follow the moving target); otherwise `steps` steps at t from x0 (user units) or from n flow samples. t defaults to
-        the read-out time eval.density_t. step_size None: σ(tₖ)²/D^(1/3), times a factor adapted between blocks of 5
-        steps towards MALA's 0.574 acceptance; a number: that step in standardised data units (μ²·step in x), fixed.
+        from ψ (predictor; predictor=False leaves the MCMC steps alone to follow the moving target); otherwise
+        `steps` steps at t from x0 (user units) or from n flow samples. t defaults to the read-out time
+        eval.density_t. step_size None: σ(tₖ)²/D^(1/3), times a factor adapted between blocks of 5 steps towards
+        MALA's 0.574 acceptance; a number: that step in standardised data units (μ²·step in x), fixed.
         denoise: return Tweedie's E[x̄ | x] = (x + σ²∇ψ)/μ at the last t instead of x/μ."""
         t = self.config.eval.density_t if t is None else float(t)
         tt = self._t(t, 1)
@@ -262,8 +263,8 @@ class EnergyModel:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if mu <= 0 or sigma <= 0:
-            raise ValueError(f"Langevin on ψ(·, t) needs μ(t) > 0 and σ(t) > 0; at t = {t:g} μ = {mu:g}, σ = {sigma:g}: "
-                             f"read the energy at a t inside (0, 1) or train with path.sigma_min > 0")
+            raise ValueError(f"Langevin on ψ(·, t) needs μ(t) > 0 and σ(t) > 0; at t = {t:g} μ = {mu:g}, "
+                             f"σ = {sigma:g}: read the energy at a t inside (0, 1) or train with path.sigma_min > 0")
         block = min(5, steps)
         levels = steps // block
         anneal = x0 is None if anneal is None else anneal
