@@ -35,6 +35,9 @@ def train_and_report(cfg: Config, out: Path, progress_bar: bool = True, existing
     from vpfb.fit import fit
 
     train_points, test_points = held_out_split(cfg)
+    # a point model is small: one thread for the whole command (the report too), unless train.threads says otherwise,
+    # so that a busy second core does not slow it several-fold (vpfb.training.trainer.cpu_threads, BENCHMARKS.md)
+    torch.set_num_threads(cfg.train.threads or 1)
     print(f"training on {len(train_points)} points of dimension {train_points.shape[1]} from {cfg.data.name!r}; "
           f"run directory {out}")
     model = fit(cfg, out, train_points, progress_bar, existing)
