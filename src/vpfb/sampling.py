@@ -102,22 +102,28 @@ class LangevinResult:
     mean_log_p: Tensor  # [steps] E log p along the chain
     acceptance: float | None = None  # MALA only
     trajectory: Tensor | None = None  # [steps // save_every + 1, N, ...]
+    log_p: Tensor | None = None  # [N] log p at the final states
 
 
 def sample_langevin(log_p: Callable[[Tensor], Tensor], x0: Tensor, steps: int = 500, step_size: float = 1e-2,
                     temperature: float = 1.0, metropolis: bool = False, save_every: int | None = None,
-                    generator: torch.Generator | None = None) -> LangevinResult:
+                    generator: torch.Generator | None = None,
+                    start: tuple[Tensor, Tensor] | None = None) -> LangevinResult:
     """Langevin dynamics x ← x + h ∇log p(x)/T + √(2h) ξ, stationary law ∝ p^(1/T) (the same chain as
     x + h'∇log p + √(2h'T) ξ with h' = h/T: `step_size` is h, the step on log p/T).
 
     With metropolis=True each move is accepted or rejected (MALA), which removes the O(h) bias of the
-    unadjusted chain; log_p must then be an exact (unnormalised) log-density.
+    unadjusted chain; log_p must then be an exact (unnormalised) log-density. `start`: (log p, ∇log p) at x0 when the
+    caller has them already.
     """
     if steps < 1 or step_size <= 0 or temperature <= 0:
         raise ValueError(f"need steps ≥ 1, step_size > 0 and temperature > 0; got {steps}, {step_size}, {temperature}")
     x = x0.detach()
     target = lambda y: log_p(y) / temperature  # noqa: E731  (p^(1/T))
-    value, grad = value_and_grad(target, x)
+    if start is None:
+        value, grad = value_and_grad(target, x)
+    else:
+        value, grad = start[0].detach() / temperature, start[1].detach() / temperature
     scale = (2 * step_size) ** 0.5
     grads, values, accepted, saved = [], [], 0.0, [x]
     for k in range(steps):
@@ -143,7 +149,7 @@ def sample_langevin(log_p: Callable[[Tensor], Tensor], x0: Tensor, steps: int = 
             saved.append(x)
     return LangevinResult(x, torch.stack(grads), torch.stack(values),
                           accepted / steps if metropolis else None,
-                          torch.stack(saved) if save_every else None)
+                          torch.stack(saved) if save_every else None, value * temperature)
 
 
 @dataclass
@@ -176,14 +182,17 @@ def annealed_langevin(log_p: Callable[[Tensor, float], Tensor], x0: Tensor, time
     for k, (t, base) in enumerate(zip(times, base_steps)):
         if transport is not None and k > 0:
             x = transport(x, times[k - 1], t).detach()
-        if weighted:
-            with torch.no_grad():
-                previous = times[k - 1] if k else start_time
-                log_w += (log_p(x, t) - log_p(x, previous)).double() / temperature
+        start = None
+        if weighted:  # log_p(x, previous t) is the last level's final value, log_p(x, t) the new level's start
+            if k == 0:
+                with torch.no_grad():
+                    log_p_x = log_p(x, start_time)
+            start = value_and_grad(lambda y, t=t: log_p(y, t), x)
+            log_w += (start[0].detach() - log_p_x).double() / temperature
         used.append(eta * base)
         res = sample_langevin(lambda y, t=t: log_p(y, t), x, steps_per_level, eta * base, temperature, metropolis,
-                              generator=generator)
-        x = res.x
+                              generator=generator, start=start)
+        x, log_p_x = res.x, res.log_p
         if metropolis:
             acceptance.append(res.acceptance)
             if target_acceptance is not None:
