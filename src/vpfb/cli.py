@@ -15,6 +15,7 @@ from vpfb.data import TOY_DATASETS, load_data, sample_toy, toy_log_density
 from vpfb.model import IMAGE_ARCHITECTURES
 from vpfb.sampling import SolverError
 from vpfb.training.checkpoint import CorruptCheckpointError
+from vpfb.training.trainer import torch_threads
 
 
 def held_out_split(cfg: Config) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -36,28 +37,29 @@ def train_and_report(cfg: Config, out: Path, progress_bar: bool = True, existing
 
     train_points, test_points = held_out_split(cfg)
     # a point model is small: one thread for the whole command (the report too), unless train.threads says otherwise,
-    # so that a busy second core does not slow it several-fold (vpfb.training.trainer.cpu_threads, BENCHMARKS.md)
-    torch.set_num_threads(cfg.train.threads or 1)
-    print(f"training on {len(train_points)} points of dimension {train_points.shape[1]} from {cfg.data.name!r}; "
-          f"run directory {out}")
-    model = fit(cfg, out, train_points, progress_bar, existing)
-    scored, split = (test_points, "test") if test_points is not None else (train_points, "training")
-    if model.dim == 2:
-        truth = None
-        if cfg.data.name in TOY_DATASETS and toy_log_density(cfg.data.name, scored[:1]) is not None:
-            truth = lambda x: toy_log_density(cfg.data.name, x)  # noqa: E731
-        metrics = report_2d(model, scored, out, truth)
-    else:
-        metrics = {"cnf_nll": -model.log_likelihood(scored[:2000]).mean().item()}
-    metrics = {"split": split, **metrics}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if test_points is None:
-        print(f"fewer than 50 points: none held out, so these metrics are on the {len(train_points)} training points")
-    print(f"{split} metrics (nats per point, lower is better):")
-    for key, value in metrics.items():
-        if key != "split":
-            print(f"  {key:12s} {value:10.4f}")
-    return metrics
+    # so that a busy second core does not slow it several-fold (as vpfb.training.trainer.cpu_threads; BENCHMARKS.md)
+    with torch_threads(cfg.train.threads or 1):
+        print(f"training on {len(train_points)} points of dimension {train_points.shape[1]} from {cfg.data.name!r}; "
+              f"run directory {out}")
+        model = fit(cfg, out, train_points, progress_bar, existing)
+        scored, split = (test_points, "test") if test_points is not None else (train_points, "training")
+        if model.dim == 2:
+            truth = None
+            if cfg.data.name in TOY_DATASETS and toy_log_density(cfg.data.name, scored[:1]) is not None:
+                truth = lambda x: toy_log_density(cfg.data.name, x)  # noqa: E731
+            metrics = report_2d(model, scored, out, truth)
+        else:
+            metrics = {"cnf_nll": -model.log_likelihood(scored[:2000]).mean().item()}
+        metrics = {"split": split, **metrics}
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if test_points is None:
+            print(f"fewer than 50 points: none held out, so these metrics are on the {len(train_points)} training "
+                  f"points")
+        print(f"{split} metrics (nats per point, lower is better):")
+        for key, value in metrics.items():
+            if key != "split":
+                print(f"  {key:12s} {value:10.4f}")
+        return metrics
 
 
 def cmd_train(args) -> None:

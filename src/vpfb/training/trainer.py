@@ -51,19 +51,24 @@ SMALL_STEP = 5e7  # parameters × batch below which a CPU step gains nothing fro
 
 
 @contextlib.contextmanager
-def cpu_threads(cfg: TrainConfig, model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Torch's CPU threads for the block (restored after): cfg.threads if set; else one for a small step
-    (parameters × batch below SMALL_STEP, e.g. every point MLP), which a second thread cannot speed up and which
-    torch's default of one thread per core slows several-fold as soon as another process is busy; else unchanged."""
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch's CPU threads set to `threads` for the block (None: unchanged), restored after."""
     before = torch.get_num_threads()
-    work = sum(p.numel() for p in model.parameters()) * cfg.batch_size
-    threads = cfg.threads or (1 if work < SMALL_STEP else before)
-    if device.type == "cpu":
+    if threads is not None:
         torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def cpu_threads(cfg: TrainConfig, model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager:
+    """torch_threads for training: cfg.threads if set; else one for a small step (parameters × batch below
+    SMALL_STEP, e.g. every point MLP), which a second thread cannot speed up and which torch's default of one thread
+    per core slows several-fold as soon as another process is busy; else unchanged (and unchanged off the CPU)."""
+    work = sum(p.numel() for p in model.parameters()) * cfg.batch_size
+    threads = cfg.threads or (1 if work < SMALL_STEP else None)
+    return torch_threads(threads if device.type == "cpu" else None)
 
 
 def learning_rate(cfg: TrainConfig, step: int, elapsed: float = 0.0) -> float:
