@@ -32,8 +32,11 @@ def test_each_task_writes_its_table_and_pictures(runs, task, pictures, capsys):
     if task in ("likelihood", "ood", "interpolation"):  # held-out digits: the last 30 of each class
         assert result["split"] == "test"
     if task == "ood":
-        # log_density, energy_complexity, grad_norm (Φ_B at t = 1 is blind under the energy preset) × 9 sets
-        assert len(result["rows"]) == 3 * 9 and all(0 <= r["auroc"] <= 1 for r in result["rows"])
+        # every score but Φ_B (blind at t = 1 under the energy preset) × 9 sets
+        scores = {r["score"] for r in result["rows"]}
+        assert scores == {"log_density", "energy_multiscale", "likelihood", "likelihood_complexity",
+                          "energy_complexity", "grad_norm"}
+        assert len(result["rows"]) == 6 * 9 and all(0 <= r["auroc"] <= 1 for r in result["rows"])
         assert "AUROC" in capsys.readouterr().out
     if task == "likelihood":
         assert result["bits_per_dim"] > 0 and result["standard_error"] > 0
@@ -46,6 +49,8 @@ def test_tasks_a_model_cannot_do_are_clear_errors(runs, capsys):
     assert "conditional" in capsys.readouterr().err
     assert main(["eval", str(runs / "plain"), "--task", "ood", "--protocol", "cifar10"]) == 2
     assert "use protocol" in capsys.readouterr().err
+    assert main(["eval", str(runs / "plain"), "--task", "ood", "--scores", "energy"]) == 2
+    assert "unknown OOD score" in capsys.readouterr().err
     assert main(["eval", str(runs / "plain"), "--task", "nope"]) == 2
     assert "unknown task" in capsys.readouterr().err
     assert main(["eval", str(runs / "plain"), "--task", "fid", "--extractor", "clip"]) == 2

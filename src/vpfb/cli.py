@@ -161,6 +161,8 @@ def cmd_eval(args) -> None:
             options = {"t_end": args.t_end, "step_size": args.step_size}
         if args.task == "ood":
             options = {"protocol": args.protocol, "root": args.data_root, "download": args.download}
+            if args.scores:
+                options["scores"] = tuple(args.scores)
         if args.task == "fid":
             options = {"extractor": args.extractor, "extractor_path": args.extractor_path, "solver": args.solver,
                        "steps": args.steps, "cache_dir": args.cache_dir}
@@ -233,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", help="ood: where the protocol's sets live (default: the run's data.root, "
                                        "$VPFB_DATA)")
     e.add_argument("--download", action="store_true", help="ood: let torchvision fetch missing sets")
+    e.add_argument("--scores", nargs="+", help="ood: the scores to compare (default: all of log_density, "
+                                               "energy_multiscale, likelihood, likelihood_complexity, "
+                                               "energy_complexity, grad_norm, boltzmann that apply)")
     e.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each process's own GPU)")
     e.add_argument("--out", help="output folder (default RUN/eval)")
     e.add_argument("--seed", type=int, default=0)

@@ -2,13 +2,14 @@
 standard metrics, AUROC, AUPR (in-distribution positive) and FPR at 95% TPR, computed by scikit-learn."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from vpfb.model import EnergyModel
+
 
 def png_bits(x: Tensor) -> Tensor:
     """The length in bits of each image x ∈ [-1, 1] [N, C, H, W], quantised to 8 bits and saved as a PNG: a generic
@@ -46,12 +47,50 @@ SCORES: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def ood_scores(model: EnergyModel, x: Tensor, score: str = "boltzmann", t: float | None = None,
+class MultiscaleEnergy:
+    """The energy's multiscale typicality (Mahmood et al. 2021's MSMA, with the energy in place of score norms): the
+    features f(x) = (ψ(x, tₖ)/D, ‖∇Φ(x, tₖ)‖/√D) at times tₖ, a Gaussian N(m, C) fitted to in-distribution
+    training images, and the score log N(f(x); m, C) up to a constant. A near-distribution image (a rotated digit)
+    can be as likely as a typical one at one noise level and still have an atypical profile across levels.
+    C is regularised by 1e-3 of its diagonal (the features are strongly correlated)."""
+
+    TIMES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+    def __init__(self, model: EnergyModel, x_train: Tensor, times: tuple[float, ...] = TIMES, batch_size: int = 256):
+        if len(x_train) < 2 * len(times) + 1:
+            raise ValueError(f"fitting {2 * len(times)} features needs more than {2 * len(times)} training images, "
+                             f"got {len(x_train)}")
+        self.times = tuple(times)
+        f = torch.cat([self.features(model, chunk) for chunk in torch.split(x_train, batch_size)])
+        self.mean = f.mean(0)
+        cov = torch.cov(f.T)
+        self.cholesky = torch.linalg.cholesky(cov + 1e-3 * torch.diag(cov.diagonal()))
+
+    def features(self, model: EnergyModel, x: Tensor) -> Tensor:
+        """f(x) [N, 2K] in float64."""
+        columns = []
+        for t in self.times:
+            speed = model.velocity(x, t).flatten(1).norm(dim=1)
+            columns += [model.log_density(x, t) / model.dim, speed / model.dim**0.5]
+        return torch.stack(columns, 1).detach().cpu().double()
+
+    def __call__(self, model: EnergyModel, x: Tensor, t: float | None = None) -> Tensor:
+        z = torch.linalg.solve_triangular(self.cholesky, (self.features(model, x) - self.mean).T, upper=False)
+        return -0.5 * (z**2).sum(0)
+
+
+Score = Callable[[EnergyModel, Tensor, Optional[float]], Tensor]
+
+
+def ood_scores(model: EnergyModel, x: Tensor, score: str | Score = "boltzmann", t: float | None = None,
                batch_size: int = 256) -> Tensor:
-    """One score per sample, higher meaning more in-distribution, computed in batches."""
-    if score not in SCORES:
-        raise ValueError(f"unknown OOD score {score!r}; choose one of {sorted(SCORES)}")
-    return torch.cat([SCORES[score](model, chunk, t).detach().cpu() for chunk in torch.split(x, batch_size)])
+    """One score per sample, higher meaning more in-distribution, computed in batches; `score` names one of SCORES
+    or is a fitted score such as MultiscaleEnergy."""
+    if isinstance(score, str):
+        if score not in SCORES:
+            raise ValueError(f"unknown OOD score {score!r}; choose one of {sorted(SCORES)}")
+        score = SCORES[score]
+    return torch.cat([score(model, chunk, t).detach().cpu() for chunk in torch.split(x, batch_size)])
 
 
 def ood_metrics(scores_in: Tensor, scores_out: Tensor) -> dict[str, float]:
@@ -73,15 +112,20 @@ def ood_metrics(scores_in: Tensor, scores_out: Tensor) -> dict[str, float]:
 IN_DISTRIBUTION = "in-distribution"
 
 
-def score_sets(model: EnergyModel, x_in: Tensor, x_out: dict[str, Tensor], scores: tuple[str, ...] = ("boltzmann",),
+def score_sets(model: EnergyModel, x_in: Tensor, x_out: dict[str, Tensor],
+               scores: tuple[str, ...] | dict[str, Score] = ("boltzmann",),
                t: float | None = None) -> dict[str, dict[str, Tensor]]:
-    """{score: {"in-distribution": scores of x_in, OOD set name: its scores}}; all sets must match the model."""
+    """{score: {"in-distribution": scores of x_in, OOD set name: its scores}}; all sets must match the model.
+    `scores`: names of SCORES, or {name: score} with fitted ones."""
+    if not isinstance(scores, dict):
+        scores = {name: name for name in scores}
     for name, x in x_out.items():
         if tuple(x.shape[1:]) != model.shape:
             raise ValueError(f"OOD set {name!r} has samples of shape {tuple(x.shape[1:])}; the model takes "
                              f"{model.shape}: resize it first")
-    return {score: {IN_DISTRIBUTION: ood_scores(model, x_in, score, t),
-                    **{name: ood_scores(model, x, score, t) for name, x in x_out.items()}} for score in scores}
+    return {label: {IN_DISTRIBUTION: ood_scores(model, x_in, score, t),
+                    **{name: ood_scores(model, x, score, t) for name, x in x_out.items()}}
+            for label, score in scores.items()}
 
 
 def table_of(scored: dict[str, dict[str, Tensor]]) -> list[dict]:

@@ -138,6 +138,22 @@ def protocol_sets(name: str, shape: tuple[int, int, int], n: int, root: str | Pa
     return x, {**sets, **(protocol.derived(data, x, generator) if protocol.derived else {})}
 
 
+def reference_images(name: str, shape: tuple[int, int, int], n: int, root: str | Path | None = None,
+                     generator: torch.Generator | None = None, download: bool = False,
+                     own: ImageData | None = None) -> Tensor:
+    """Up to n in-distribution images of protocol `name` from a training split, never the images it scores: what a
+    score fitted to the in-distribution set (MultiscaleEnergy) is fitted on. "synthetic" takes the run's own
+    training split as `own`."""
+    protocol = _protocol(name)
+    shape = _check_shape(name, protocol, shape)
+    _check_n(n)
+    if (own is None) != (protocol.in_distribution is not None):
+        raise ValueError(f"protocol {name!r} " + ("fits on the run's own training images: pass them as own="
+                                                  if own is None else "brings its own training split"))
+    data = own if own is not None else _load(name, (protocol.in_distribution[0], "train"), shape[1], root, download)
+    return _draw(data, min(n, len(data)), shape[0], generator, f"the training split of {data.name}")
+
+
 def _protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
         raise ValueError(f"unknown OOD protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")

@@ -14,18 +14,18 @@ from vpfb.evaluation.composition import average, negate
 from vpfb.evaluation.fid import task_fid
 from vpfb.evaluation.interpolation import interpolate
 from vpfb.evaluation.longrun import long_run
-from vpfb.evaluation.ood import score_sets, table_of
-from vpfb.evaluation.ood_sets import PROTOCOLS, protocol_sets
+from vpfb.evaluation.ood import MultiscaleEnergy, score_sets, table_of
+from vpfb.evaluation.ood_sets import PROTOCOLS, protocol_sets, reference_images
 from vpfb.model import EnergyModel
 from vpfb.training import distributed
 
 
-def run_data(model: EnergyModel) -> tuple[ImageData, str]:
-    """The held-out images of the run's data set (its "test" split; "train" for a source that has no other, such as
-    a user's file or folder), checked against the model's shape, and the split's name."""
+def run_data(model: EnergyModel, split: str = "test") -> tuple[ImageData, str]:
+    """The images of the run's data set in `split` ("train" for a source that has no other, such as a user's file or
+    folder), checked against the model's shape, and the split's name."""
     d = model.config.data
     key = str(d.name).lower()
-    split = "test" if key in IMAGE_SETS and "test" in IMAGE_SETS[key] else "train"
+    split = split if key in IMAGE_SETS and split in IMAGE_SETS[key] else "train"
     data = load_images(d.name, root=d.root or None, split=split, image_size=d.image_size or None, labels=False)
     if data.shape != model.shape:
         raise ValueError(f"the run's data now loads as {data.shape}, the model takes {model.shape}")
@@ -45,19 +45,33 @@ def task_likelihood(model, out, n, generator) -> dict:
     return {"images": len(images), "split": split, "bits_per_dim": bpd, "standard_error": se}
 
 
+OOD_SCORES = ("log_density", "energy_multiscale", "likelihood", "likelihood_complexity", "energy_complexity",
+              "grad_norm", "boltzmann")
+
+
 def task_ood(model, out, n, generator, protocol: str = "synthetic", root: str | None = None,
-             download: bool = False) -> dict:
+             download: bool = False, scores: tuple[str, ...] = OOD_SCORES) -> dict:
     own, split = None, None
     if PROTOCOLS.get(protocol) and PROTOCOLS[protocol].in_distribution is None:
         own, split = run_data(model)
+    unknown = set(scores) - set(OOD_SCORES)
+    if unknown:
+        raise ValueError(f"unknown OOD score(s) {sorted(unknown)}; choose from {', '.join(OOD_SCORES)}")
     x, sets = protocol_sets(protocol, model.shape, n, root=root or model.config.data.root or None,
                             generator=generator, download=download, own=own)
     from vpfb.plots import save_score_histograms
 
-    scores = ("log_density", "energy_complexity", "grad_norm")
-    if model.boltzmann_is_informative():  # Φ_B at t = 1 does not depend on the weights of every model
-        scores = ("boltzmann", *scores)
-    scored = score_sets(model, x, sets, scores=scores)
+    if not model.boltzmann_is_informative():  # Φ_B at t = 1 does not depend on the weights of every model
+        scores = tuple(s for s in scores if s != "boltzmann")
+    if own is not None and split == "train":  # no held-out split: nothing to fit the multiscale score on apart
+        scores = tuple(s for s in scores if s != "energy_multiscale")
+    fitted = {}
+    if "energy_multiscale" in scores:  # fitted on training images, never on the held-out ones it scores
+        train = run_data(model, "train")[0] if own is not None else None
+        reference = reference_images(protocol, model.shape, max(n, 500), root=root or model.config.data.root or None,
+                                     generator=generator, download=download, own=train)
+        fitted["energy_multiscale"] = MultiscaleEnergy(model, reference)
+    scored = score_sets(model, x, sets, scores={s: fitted.get(s, s) for s in scores})
     save_score_histograms(scored, out / "ood.png")
     return {"protocol": protocol, "in_distribution": model.config.data.name if own else protocol,
             "split": split or PROTOCOLS[protocol].in_distribution[1], "images": n, "rows": table_of(scored)}
