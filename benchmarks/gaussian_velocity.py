@@ -1,5 +1,5 @@
 """How accurate the trained velocity is at early, middle and late times, on data whose velocity is known in
-closed form: a correlated 2-D Gaussian N(m, Σ) (METHOD.md §8), fitted as tests/test_training.py fits it. Prints the
+closed form: a correlated 2-D Gaussian N(m, Σ) (docs/method.md §8), fitted as tests/test_training.py fits it. Prints the
 relative L2 error of ∇Φ on samples of ρ_t.
 
     python benchmarks/gaussian_velocity.py loss.snr_floor=0.05      # any config overrides; ~1 minute on one core

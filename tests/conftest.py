@@ -1,4 +1,4 @@
-"""Closed forms for Gaussian data x̄ ~ N(m, diag s²) on any Gaussian path (METHOD.md §8)."""
+"""Closed forms for Gaussian data x̄ ~ N(m, diag s²) on any Gaussian path (docs/method.md §8)."""
 from __future__ import annotations
 
 import math

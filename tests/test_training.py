@@ -1,4 +1,4 @@
-"""A trained potential against METHOD.md §8: correlated Gaussian data, so the network has to learn something."""
+"""A trained potential against docs/method.md §8: correlated Gaussian data, so the network has to learn something."""
 import pytest
 import torch
 

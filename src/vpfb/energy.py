@@ -1,4 +1,4 @@
-"""Energies read off a potential: the paper's Boltzmann potential Φ_B and compositions (METHOD.md §3, §5)."""
+"""Energies read off a potential: the paper's Boltzmann potential Φ_B and compositions (docs/method.md §3, §5)."""
 from __future__ import annotations
 
 import torch

@@ -3,7 +3,7 @@
 ``DeepRitzLoss`` is the paper's variational loss L = E_t w(t) J_t with
 J_t[Φ] = E[½‖∇Φ‖² − γ Φ] (the "covariance" estimator, score-free) or, after integrating by parts,
 J_t[Φ] = E[½‖∇Φ‖² − ∇Φ·u] (the "pathwise" estimator, same expectation, far lower variance in high D).
-``ReleasedVAPOLoss`` is the hybrid the authors' code optimises (METHOD.md §7), kept for reproduction.
+``ReleasedVAPOLoss`` is the hybrid the authors' code optimises (docs/method.md §7), kept for reproduction.
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def batch_correlation(a: Tensor, b: Tensor) -> Tensor:
 
 
 class ReleasedVAPOLoss:
-    """The authors' released hybrid (METHOD.md §7), for reproduction and ablation only, on the linear path:
+    """The authors' released hybrid (docs/method.md §7), for reproduction and ablation only, on the linear path:
 
     Corr(Φ, Γ) + 0.5 E‖∇Φ‖²/D + 0.1 E(∂ₜΦ)² − E[∇Φ·u / (D (‖∇Φ‖‖u‖)^t)], Γ = (1−t)(‖ε‖² − x̄·ε)/D, u = x̄ − ε.
     Its optimum is not the homotopy velocity at late t.

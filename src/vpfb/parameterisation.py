@@ -1,4 +1,4 @@
-"""How a network becomes a potential Φ(x, t) with a readable log-density log ρ̄ₜ(x) (METHOD.md §3).
+"""How a network becomes a potential Φ(x, t) with a readable log-density log ρ̄ₜ(x) (docs/method.md §3).
 
 For any Gaussian path the optimal potential satisfies ∇Φ* = f x + ½ g² ∇log ρ̄ₜ. Two ways to use it:
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 @dataclass
 class PathSample:
-    """A point on the conditional path and what the losses need about it (METHOD.md §1)."""
+    """A point on the conditional path and what the losses need about it (docs/method.md §1)."""
 
     x_t: Tensor  # μ x̄ + σ ε
     eps: Tensor  # the prior noise ε

@@ -1,4 +1,4 @@
-"""Long runs (METHOD.md §5): the ODE dx/dt = ∇Φ over t ∈ [0, t_end] against Langevin dynamics on the paper's
+"""Long runs (docs/method.md §5): the ODE dx/dt = ∇Φ over t ∈ [0, t_end] against Langevin dynamics on the paper's
 Boltzmann energy Φ_B, with the diagnostics the paper plots, E‖∇Φ‖² and EΦ (at t = 1), along the way.
 
 Times beyond 1 evaluate the potential at t = 1 (an autonomous Φ(x) ignores t anyway). Methods:

@@ -1,7 +1,7 @@
 """Out-of-distribution test sets as float images in [-1, 1] of a model's shape, ready for `ood_table`.
 
 A protocol names an in-distribution set and the OOD sets to tell apart from it. "cifar10" is the paper's
-(METHOD.md §6): a CIFAR-10 model, its test images against SVHN, CIFAR-100, CelebA and interpolations of CIFAR-10
+(docs/method.md §6): a CIFAR-10 model, its test images against SVHN, CIFAR-100, CelebA and interpolations of CIFAR-10
 test images (the paper's AUROCs of Φ_B at t = 1: 0.61, 0.67, 0.84, 0.78). "synthetic" needs no download: the run's
 own held-out images against far sets (noise, constant, inverted, scikit-learn's digits) and near ones (rotated,
 blurred, shifted, and 0.5/0.5 mixes of two of them).

@@ -1,4 +1,4 @@
-"""Heads that turn an image backbone into a scalar potential Φ(x, t[, c]) [N] (METHOD.md §4).
+"""Heads that turn an image backbone into a scalar potential Φ(x, t[, c]) [N] (docs/method.md §4).
 
 Both are differentiated twice in training (the loss reads ∇ₓΦ), so they add only smooth ops.
 """

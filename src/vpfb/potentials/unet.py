@@ -1,4 +1,4 @@
-"""A guided-diffusion style U-Net U(x, t[, c]) -> [N, C, H, W], the released backbone (METHOD.md §4).
+"""A guided-diffusion style U-Net U(x, t[, c]) -> [N, C, H, W], the released backbone (docs/method.md §4).
 
 The potential trains its gradient ∇ₓΦ, so every layer is differentiated twice. Only ops with an exact double
 backward appear: convolutions, GroupNorm, SiLU, average pooling, nearest upsampling, and softmax attention written

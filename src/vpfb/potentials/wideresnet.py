@@ -1,4 +1,4 @@
-"""The autonomous potential Φ(x) on images: a pre-activation WideResNet with a scalar head (METHOD.md §4).
+"""The autonomous potential Φ(x) on images: a pre-activation WideResNet with a scalar head (docs/method.md §4).
 
 Two departures from the classifier WRN, both forced by training ∇ₓΦ:
 - SiLU, not ReLU. A ReLU network is piecewise linear in x, so ∇ₓΦ is piecewise constant and its Jacobian
