@@ -4,7 +4,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from vpfb.config import load_config
-from vpfb.evaluation.ood import ood_metrics, ood_scores, ood_table
+from vpfb.evaluation.ood import MultiscaleEnergy, ood_metrics, ood_scores, ood_table
 from vpfb.fit import fit
 
 
@@ -40,7 +40,8 @@ def test_a_gaussian_model_scores_far_points_lower(tmp_path):
     model = fit(cfg, points=torch.randn(4000, 2, generator=torch.Generator().manual_seed(0)), progress_bar=False)
     near = torch.randn(200, 2, generator=torch.Generator().manual_seed(1))
     far = near + 6.0
-    for score in ("log_density", "likelihood", "grad_norm"):
+    fitted = MultiscaleEnergy(model, torch.randn(500, 2, generator=torch.Generator().manual_seed(2)))
+    for score in ("log_density", "likelihood", "grad_norm", fitted):
         s = ood_scores(model, torch.cat([near, far]), score, batch_size=64)
         assert s.shape == (400,) and s[:200].mean() > s[200:].mean(), score
     # ‖∇Φ‖ is read at the read-out t, where it depends on the model, not at t = 1, where ∇Φ(x, 1) = x for it
@@ -57,3 +58,37 @@ def test_a_gaussian_model_scores_far_points_lower(tmp_path):
         ood_table(model, near, {"3-d": torch.randn(5, 3)})
     with pytest.raises(ValueError, match="unknown OOD score"):
         ood_scores(model, near, "energy")
+
+
+class ProfileModel:
+    """A stand-in with a known energy profile: ψ(x, t) = −‖x‖²/(2t) + t·x₁ and ∇Φ(x, t) = (1 + t)x."""
+
+    dim = 2
+
+    def log_density(self, x, t):
+        return -(x**2).sum(1) / (2 * t) + t * x[:, 0]
+
+    def velocity(self, x, t):
+        return (1 + t) * x
+
+
+def test_multiscale_energy_is_the_fitted_gaussian_of_the_profile():
+    from scipy.stats import multivariate_normal
+
+    model, times = ProfileModel(), (0.5, 0.9)
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(400, 2, generator=g)
+    score = MultiscaleEnergy(model, train, times)
+    f = lambda x: torch.stack([c for t in times for c in (model.log_density(x, t) / 2,  # noqa: E731
+                                                          model.velocity(x, t).norm(dim=1) / 2**0.5)], 1).double()
+    features = f(train).numpy()
+    cov = torch.cov(f(train).T).numpy()
+    cov += 1e-3 * torch.diag(torch.from_numpy(cov).diagonal()).numpy()
+    x = torch.randn(50, 2, generator=g) * 2
+    expected = multivariate_normal(features.mean(0), cov).logpdf(f(x).numpy())
+    got = score(model, x).numpy()
+    assert (got - expected).std() < 1e-8 * abs(expected).mean()  # equal up to the normalising constant
+    near = torch.randn(200, 2, generator=g)
+    assert score(model, near).mean() > score(model, near + 3).mean()
+    with pytest.raises(ValueError, match="training images"):
+        MultiscaleEnergy(model, train[:4], times)
