@@ -114,6 +114,20 @@ def test_time_weights_on_the_linear_path():
     torch.testing.assert_close(time_weight("sigma2", LinearPath(), t), (1 - t) ** 2)
 
 
+def test_partition_term_bias_at_32_proposals_is_the_stated_one():
+    """With ψ = log N(0, I) (Z = 1) and q = N(0, 4I) in 2-D: E_q[w²] = (s²/√(2s² − 1))² per the two dimensions, so
+    log Ẑ from M = 32 proposals is low by Var(w)/(2M) = (16/7 − 1)/64 ≈ 0.0201 nats, as the docstring says."""
+    term = PartitionTerm(scale=2.0, times=20_000, samples=32)
+    torch.manual_seed(0)
+    y, t_y, log_q = term.proposals(torch.zeros(1, 2, dtype=torch.float64), 0.9)
+    psi = -0.5 * (y**2).sum(1) - math.log(2 * math.pi)
+    no_data = torch.zeros(1, dtype=torch.float64)  # L_Z = mean log Ẑ − 0
+    mean_log_z = term(no_data, torch.ones(1), psi, log_q).item()
+    predicted = -(16 / 7 - 1) / (2 * 32)
+    assert mean_log_z == pytest.approx(predicted, abs=0.004)  # SE 0.0014; next order ~0.001
+    assert abs(predicted) > 0.015  # the bias is real at this M, not within the noise
+
+
 def test_partition_term_of_the_true_log_density_is_its_entropy_and_a_spurious_bump_costs():
     """With ψ = log ρ̄ₜ + c, L_Z = log Z − E ψ is the entropy ½ Σ log(2πe vᵢ) whatever c; lifting ψ by 10 where
     ρ̄ₜ has little mass (‖x‖ > 3, reached by the N(0, 2²I) proposals) raises it by exactly the KL divergence,
