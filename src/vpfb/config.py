@@ -92,7 +92,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    density_t: float = 0.9  # log_density reads ψ here (data smoothed by σ/μ = 0.11 std units); see README
+    density_t: float = 0.9  # log_density reads ψ here (data smoothed by σ/μ = 0.11 std units); docs/method.md §3
     calibrate: bool = True  # after training, pick density_t among calibrate_times by agreement with the CNF
     calibrate_times: list = field(default_factory=lambda: [0.8, 0.85, 0.9, 0.95, 0.98, 1.0])
     calibrate_points: int = 1000

@@ -22,7 +22,7 @@ from vpfb.training.checkpoint import digest
 from vpfb.training.rundir import claim
 from vpfb.training.trainer import check_train_config, ema_decay
 
-PARTITION_MAX_DIM = 5  # measured: harmless at d = 3 and 5, ruinous at d = 10
+PARTITION_MAX_DIM = 5  # importance sampling of Z fails beyond this (docs/method.md §2)
 
 
 def build_loss_from_config(cfg: Config, path: GaussianPath):
@@ -32,8 +32,8 @@ def build_loss_from_config(cfg: Config, path: GaussianPath):
                           "fails in image dimensions): set loss.partition_weight=0")
     if cfg.loss.partition_weight and cfg.model.parameterisation != "energy":
         raise ConfigError("loss.partition_weight needs model.parameterisation=energy: the direct read-out "
-                          "ψ = (2Φ − f‖x‖²)/g² scales the term's gradient by 1/g² near t = 1 (measured on two moons: "
-                          "CNF NLL 68 nats); set loss.partition_weight=0")
+                          "ψ = (2Φ − f‖x‖²)/g² scales the term's gradient by 1/g² near t = 1, which ruins training; set "
+                          "loss.partition_weight=0")
     if cfg.loss.partition_weight and cfg.loss.time_sampling != "uniform":
         raise ConfigError("loss.partition_weight draws its times uniformly; with loss.time_sampling="
                           f"{cfg.loss.time_sampling!r} its two halves would average over different time laws and the "
@@ -67,8 +67,8 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
         raise ValueError(f"training points must be a finite [N, d] array, got shape {tuple(points.shape)}")
     if cfg.loss.partition_weight and points.shape[1] > PARTITION_MAX_DIM:
         warnings.warn(f"loss.partition_weight set to 0 for these {points.shape[1]}-dimensional points: the partition "
-                      f"term estimates Z by importance sampling, which needs at most {PARTITION_MAX_DIM} dimensions "
-                      f"(measured on 10-D data: CNF NLL 47 nats with it, 10.2 without)", stacklevel=2)
+                      f"term estimates Z by importance sampling, which fails beyond {PARTITION_MAX_DIM} dimensions",
+                      stacklevel=2)
         cfg.loss.partition_weight = 0.0
     standardizer = Standardizer.fit(points)
     potential = seeded_potential(cfg, points.shape[1])
