@@ -54,7 +54,7 @@ def main() -> None:
     for batch in (256, 4096):
         x = torch.randn(batch, 2, device="cuda")
         potential = build_potential(cfg, 2).cuda()
-        vpfb = step_time(potential, build_loss_from_config(cfg, potential.path), x)
+        vpfb = step_time(potential, build_loss_from_config(cfg, potential.path, 2), x)
         fm = step_time(MLP(2, cfg.model.hidden, cfg.model.depth, out_dim=2).cuda(), fm_loss, x)
         print(f"| {batch} | {1e3 * vpfb:.2f} | {1e3 * fm:.2f} | {vpfb / fm:.2f} |", flush=True)
     cfg.train.steps = args.steps
@@ -62,7 +62,7 @@ def main() -> None:
     model = fit(cfg, out=args.out, points=sample_toy("moons", 100_000, seed=0), progress_bar=False)
     seconds = time.perf_counter() - start
     metrics = report_2d(model, sample_toy("moons", 2000, seed=1), args.out, lambda x: toy_log_density("moons", x))
-    metrics.update(train_and_calibrate_seconds=seconds, density_t=model.config.eval.density_t)
+    metrics.update(train_and_calibrate_seconds=seconds, density_t=model.read_out_t)
     print(json.dumps(metrics, indent=1))
 
 

@@ -76,7 +76,7 @@ def build(method: str, cfg: Config, shape: tuple[int, ...]):
     """(network, loss) of a method: VPFB's potential and Deep Ritz loss, or the bare U-Net and flow matching."""
     if method == "vpfb":
         potential = build_potential(cfg, shape)
-        return potential, build_loss_from_config(cfg, potential.path)
+        return potential, build_loss_from_config(cfg, potential.path, math.prod(shape))
     return UNet(**unet_config(cfg.model.network)), flow_matching_loss
 
 

@@ -78,7 +78,7 @@ def build(method: str, cfg: Config, train_x: torch.Tensor):
     if method.startswith("fm"):
         return MLP(2, cfg.model.hidden, cfg.model.depth, out_dim=2), FlowMatchingLoss(), standardizer
     potential = build_potential(cfg, 2)
-    return potential, build_loss_from_config(cfg, potential.path), standardizer
+    return potential, build_loss_from_config(cfg, potential.path, 2), standardizer
 
 
 def step_times(configs: dict[str, Config], train_x: torch.Tensor, rounds: int = 5, steps: int = 40) -> dict:
@@ -101,9 +101,9 @@ def evaluate_fm(net, st, test_x, fresh_x):
 
 def evaluate_vpfb(model, train_x, test_x, fresh_x, truth):
     ev = model.config.eval  # the read-out time, calibrated on training points as `fit` does
-    ev.density_t, _ = calibrate_density_t(model, train_x[: ev.calibrate_points], ev.calibrate_times)
+    model.read_out_t, _ = calibrate_density_t(model, train_x[: ev.calibrate_points], ev.calibrate_times)
     metrics = density_metrics(model, test_x, truth)
-    metrics["t"] = ev.density_t
+    metrics["t"] = model.read_out_t
     sol = model.flow(len(fresh_x), generator=torch.Generator().manual_seed(0))
     metrics.update(w2=w2(sol.x, fresh_x), nfe=sol.nfe)
     return metrics

@@ -66,17 +66,31 @@ def test_bad_sources():
         load_config(None, ["steps=3"])
 
 
-@pytest.mark.parametrize("preset,override", [("digits-cpu", "loss.partition_weight=0.1"),
+@pytest.mark.parametrize("preset,override", [("digits-cpu", "model.head=ae"),
                                              ("toy2d", "loss.name=released"),
                                              ("toy2d", "loss.time_sampling=logit_normal"),
                                              ("toy2d", "model.parameterisation=direct")])
 def test_partition_term_only_where_it_works(preset, override):
     """The partition term needs few dimensions, adds to the Deep Ritz loss and reads ψ from the energy
-    parameterisation: images, the released loss or the direct Φ with a non-zero weight are refused by name (the
-    image presets set it to 0)."""
-    from vpfb.fit import build_loss_from_config
+    parameterisation: "auto" (the default) turns it off where it cannot work, and an explicit weight there is
+    refused by name."""
+    from vpfb.fit import build_loss_from_config, partition_weight
     from vpfb.paths import LinearPath
 
-    build_loss_from_config(load_config(preset), LinearPath())  # the preset itself is fine
+    dim = 64 if preset == "digits-cpu" else 2
+    build_loss_from_config(load_config(preset), LinearPath(), dim)  # the preset itself is fine
+    assert partition_weight(load_config(preset), dim) == (0.0 if preset == "digits-cpu" else 0.03)
+    assert partition_weight(load_config(preset, [override, "loss.partition_weight=auto"]), dim) == 0.0
     with pytest.raises(ConfigError, match="partition_weight"):
-        build_loss_from_config(load_config(preset, [override]), LinearPath())
+        build_loss_from_config(load_config(preset, [override, "loss.partition_weight=0.03"]), LinearPath(), dim)
+
+
+def test_partition_weight_auto_follows_the_dimension():
+    from vpfb.fit import partition_weight
+
+    assert partition_weight(load_config("toy2d"), 5) == 0.03 and partition_weight(load_config("toy2d"), 6) == 0.0
+    assert partition_weight(load_config("toy2d", ["loss.partition_weight=0"]), 2) == 0.0
+    with pytest.raises(ConfigError, match="at most 5 dimensions"):
+        partition_weight(load_config("toy2d", ["loss.partition_weight=0.03"]), 6)
+    with pytest.raises(ConfigError, match="must be float or 'auto'"):
+        load_config("toy2d", ["loss.partition_weight=sometimes"])

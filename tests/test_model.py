@@ -139,19 +139,23 @@ def test_sample_counts_must_be_positive():
             model.sample(n)
 
 
-@pytest.mark.parametrize("dim,kept", [(2, True), (6, False)])
-def test_partition_term_is_switched_off_with_a_warning_above_five_dimensions(tmp_path, dim, kept):
-    """Importance sampling of Z fails in many dimensions (measured on 10-D data), so fit drops the term there and
-    says so; the run's saved config records what was trained."""
-    from vpfb.fit import fit
+@pytest.mark.parametrize("dim,calibrate", [(2, True), (6, False)])
+def test_fit_leaves_the_configuration_as_validated(tmp_path, dim, calibrate):
+    """fit neither rewrites the user's configuration nor the run's config.yaml: the partition weight stays "auto"
+    (on for 2-D points, off for 6-D ones, whose importance sampling fails) and the calibrated read-out time lives in
+    the model (model.json), not in eval.density_t."""
+    import copy
 
-    cfg = Config()
-    cfg.train.steps, cfg.train.batch_size, cfg.eval.calibrate = 2, 16, False
-    points = torch.randn(64, dim)
-    if kept:
-        model = fit(cfg, tmp_path, points, progress_bar=False)
-    else:
-        with pytest.warns(UserWarning, match="partition_weight set to 0"):
-            model = fit(cfg, tmp_path, points, progress_bar=False)
-    assert (model.config.loss.partition_weight > 0) == kept
-    assert (load(tmp_path).config.loss.partition_weight > 0) == kept
+    import yaml
+
+    from vpfb.config import load_config
+    from vpfb.fit import fit, partition_weight
+
+    cfg = load_config("toy2d", ["train.steps=3", "train.batch_size=16", "model.hidden=16", "eval.calibrate_points=64",
+                                f"eval.calibrate={str(calibrate).lower()}", "eval.calibrate_times=[0.8, 0.95]"])
+    before = copy.deepcopy(cfg.to_dict())
+    model = fit(cfg, tmp_path, torch.randn(128, dim), progress_bar=False)
+    assert cfg.to_dict() == before and yaml.safe_load((tmp_path / "config.yaml").read_text()) == before
+    assert partition_weight(cfg, dim) == (0.03 if dim == 2 else 0.0)
+    assert (model.read_out_t in (0.8, 0.95)) == calibrate and cfg.eval.density_t == 0.9
+    assert load(tmp_path).read_out_t == model.read_out_t

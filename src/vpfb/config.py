@@ -58,8 +58,9 @@ class LossConfig:
     control_variate: bool = False  # covariance only: subtract γΦ(μx̄, t), a zero-mean control variate
     weight: str = "snr"  # "snr", "uniform", "sigma2" or "dsm" (see vpfb.losses.time_weight)
     snr_floor: float = 0.2  # c in the "snr" weight (μ² + c)/(σ² + c)
-    partition_weight: float = 0.03  # λ of the partition term (vpfb.losses.PartitionTerm): points of d ≤ 5, energy
-    #                                 parameterisation; 0 for images (fit sets it to 0 for d > 5, with a warning)
+    # λ of the partition term (vpfb.losses.PartitionTerm), or "auto": 0.03 where it works (points of d ≤ 5, energy
+    # parameterisation, Deep Ritz loss, uniform times), 0 elsewhere (images); vpfb.fit.partition_weight
+    partition_weight: float | str = field(default="auto", metadata={"or": "auto"})
     partition_scale: float = 2.0  # its proposal N(0, s²I), in standardised units
     time_sampling: str = "uniform"  # "uniform" or "logit_normal"
     t_min: float = 1e-5
@@ -138,7 +139,11 @@ def _set(target: Any, section: str, key: str, value: Any, where: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(target)}
     if key not in fields:
         raise ConfigError(f"{where}: unknown key {section}.{key}{_hint(key, fields)}")
-    expected = type(getattr(target, key))
+    alternative = fields[key].metadata.get("or")  # a float field that also takes this one word
+    if alternative is not None and value == alternative:
+        setattr(target, key, value)
+        return
+    expected = float if alternative is not None else type(getattr(target, key))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
@@ -147,7 +152,8 @@ def _set(target: Any, section: str, key: str, value: Any, where: str) -> None:
         except ValueError:
             pass
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: {section}.{key} must be {expected.__name__}, got {value!r}")
+        kind = expected.__name__ + (f" or {alternative!r}" if alternative is not None else "")
+        raise ConfigError(f"{where}: {section}.{key} must be {kind}, got {value!r}")
     setattr(target, key, value)
 
 

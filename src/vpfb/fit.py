@@ -1,8 +1,8 @@
 """Train a model from a config: data → standardise → potential + loss → trainer → EnergyModel in a run directory."""
 from __future__ import annotations
 
+import math
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
@@ -23,29 +23,42 @@ from vpfb.training.rundir import claim
 from vpfb.training.trainer import check_train_config, ema_decay
 
 PARTITION_MAX_DIM = 5  # importance sampling of Z fails beyond this (docs/method.md §2)
+AUTO_PARTITION_WEIGHT = 0.03
 
 
-def build_loss_from_config(cfg: Config, path: GaussianPath):
+def partition_weight(cfg: Config, dim: int) -> float:
+    """λ of the partition term for data of `dim` dimensions: loss.partition_weight, or for "auto" 0.03 where the
+    term works and 0 elsewhere. A λ > 0 set where it cannot work is a ConfigError naming the reason."""
+    unfit = [(cfg.model.architecture in IMAGE_ARCHITECTURES,
+              "is for point data (importance sampling of the partition function fails in image dimensions)"),
+             (dim > PARTITION_MAX_DIM, f"is for point data of at most {PARTITION_MAX_DIM} dimensions (importance "
+                                       f"sampling of the partition function fails beyond), these have {dim}"),
+             (cfg.model.parameterisation != "energy",
+              "needs model.parameterisation=energy: the direct read-out ψ = (2Φ − f‖x‖²)/g² scales the term's "
+              "gradient by 1/g² near t = 1, which ruins training"),
+             (cfg.loss.time_sampling != "uniform",
+              f"draws its times uniformly; with loss.time_sampling={cfg.loss.time_sampling!r} its two halves would "
+              f"average over different time laws and the loss would fall without bound along ψ + c(t)"),
+             (cfg.loss.name != "deep_ritz", f"adds a term to the Deep Ritz loss, not to loss.name={cfg.loss.name!r}")]
+    reasons = [reason for failed, reason in unfit if failed]
+    if cfg.loss.partition_weight == "auto":
+        return 0.0 if reasons else AUTO_PARTITION_WEIGHT
+    if cfg.loss.partition_weight < 0:
+        raise ConfigError(f"loss.partition_weight must be ≥ 0 or 'auto', got {cfg.loss.partition_weight}")
+    if cfg.loss.partition_weight > 0 and reasons:
+        raise ConfigError(f"loss.partition_weight={cfg.loss.partition_weight:g}: the partition term {reasons[0]}; "
+                          f"set loss.partition_weight=0 or auto")
+    return cfg.loss.partition_weight
+
+
+def build_loss_from_config(cfg: Config, path: GaussianPath, dim: int):
+    """The loss a config describes, for data of `dim` dimensions per sample."""
     sampler = TimeSampler(cfg.loss.time_sampling, cfg.loss.t_min)
-    if cfg.loss.partition_weight and cfg.model.architecture in IMAGE_ARCHITECTURES:
-        raise ConfigError("loss.partition_weight is for point data (importance sampling of the partition function "
-                          "fails in image dimensions): set loss.partition_weight=0")
-    if cfg.loss.partition_weight and cfg.model.parameterisation != "energy":
-        raise ConfigError("loss.partition_weight needs model.parameterisation=energy: the direct read-out "
-                          "ψ = (2Φ − f‖x‖²)/g² scales the term's gradient by 1/g² near t = 1, which ruins training; set "
-                          "loss.partition_weight=0")
-    if cfg.loss.partition_weight and cfg.loss.time_sampling != "uniform":
-        raise ConfigError("loss.partition_weight draws its times uniformly; with loss.time_sampling="
-                          f"{cfg.loss.time_sampling!r} its two halves would average over different time laws and the "
-                          "loss would fall without bound along ψ + c(t): set loss.partition_weight=0 or "
-                          "loss.time_sampling=uniform")
-    if cfg.loss.partition_weight and cfg.loss.name != "deep_ritz":
-        raise ConfigError(f"loss.partition_weight adds a term to the Deep Ritz loss, not to loss.name="
-                          f"{cfg.loss.name!r}: set loss.partition_weight=0")
+    weight = partition_weight(cfg, dim)
     if cfg.loss.name == "deep_ritz":
         return build_loss("deep_ritz", path, estimator=cfg.loss.estimator, weight=cfg.loss.weight,
                           time_sampler=sampler, control_variate=cfg.loss.control_variate,
-                          snr_floor=cfg.loss.snr_floor, partition_weight=cfg.loss.partition_weight,
+                          snr_floor=cfg.loss.snr_floor, partition_weight=weight,
                           partition_scale=cfg.loss.partition_scale)
     return build_loss(cfg.loss.name, path, time_sampler=sampler)
 
@@ -65,14 +78,9 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
     points = torch.as_tensor(points, dtype=torch.float32)
     if points.dim() != 2 or not torch.isfinite(points).all():
         raise ValueError(f"training points must be a finite [N, d] array, got shape {tuple(points.shape)}")
-    if cfg.loss.partition_weight and points.shape[1] > PARTITION_MAX_DIM:
-        warnings.warn(f"loss.partition_weight set to 0 for these {points.shape[1]}-dimensional points: the partition "
-                      f"term estimates Z by importance sampling, which fails beyond {PARTITION_MAX_DIM} dimensions",
-                      stacklevel=2)
-        cfg.loss.partition_weight = 0.0
     standardizer = Standardizer.fit(points)
     potential = seeded_potential(cfg, points.shape[1])
-    loss = build_loss_from_config(cfg, potential.path)
+    loss = build_loss_from_config(cfg, potential.path, points.shape[1])
     check_train_config(cfg.train)
     with claim(out, cfg.to_dict(), digest({"points": points}), existing) as run:
         if run is not None:
@@ -82,10 +90,9 @@ def fit(cfg: Config, out: str | Path | None = None, points: Tensor | None = None
         model = EnergyModel(result.ema, cfg, standardizer).to(cfg.train.device)
         if cfg.eval.calibrate:
             pick = torch.randperm(len(points), generator=torch.Generator().manual_seed(cfg.train.seed))
-            cfg.eval.density_t, _ = calibrate_density_t(model, points[pick[: cfg.eval.calibrate_points]],
-                                                        cfg.eval.calibrate_times)
+            model.read_out_t, _ = calibrate_density_t(model, points[pick[: cfg.eval.calibrate_points]],
+                                                      cfg.eval.calibrate_times)
         if run is not None:
-            write_config(cfg, run)  # again: calibration may have set eval.density_t
             model.save(run)
     return model
 
@@ -146,7 +153,7 @@ def fit_images(cfg: Config, out: str | Path | None = None, progress_bar: bool = 
     if m.conditional and data.labels is None:
         raise ConfigError(f"model.conditional needs class labels, and {data.name} has none")
     potential = seeded_potential(cfg, data.shape, data.num_classes)
-    loss = build_loss_from_config(cfg, potential.path)
+    loss = build_loss_from_config(cfg, potential.path, math.prod(data.shape))
     if m.conditional:
         loss = conditional_loss(loss, data.num_classes, m.label_dropout)
     check_train_config(cfg.train)

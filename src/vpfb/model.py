@@ -75,10 +75,13 @@ def build_potential(cfg: Config, shape: tuple[int, ...] | int, num_classes: int 
 
 class EnergyModel:
     """A trained potential Φ(z, t[, c]) on standardised data z = (x − mean)/std, used through x in user units.
-    Points are standardised per column; images are used as they are, in [-1, 1]."""
+    Points are standardised per column; images are used as they are, in [-1, 1]. `read_out_t` is the time at which
+    log_density and the samplers read the energy by default: config.eval.density_t, or the value `fit` calibrated
+    (kept in model.json, not in the configuration)."""
 
     def __init__(self, potential: nn.Module, config: Config, standardizer: Standardizer | None = None,
-                 shape: tuple[int, ...] | None = None, num_classes: int | None = None):
+                 shape: tuple[int, ...] | None = None, num_classes: int | None = None,
+                 read_out_t: float | None = None):
         if standardizer is None and shape is None:
             raise ValueError("an EnergyModel needs the data's standardizer (points) or sample shape (images)")
         self.phi, self.config = potential.eval(), config  # Φ as an nn.Module
@@ -88,6 +91,7 @@ class EnergyModel:
         self.num_classes = num_classes if config.model.conditional else None
         self.path = potential.path
         self.device = next(potential.parameters()).device
+        self.read_out_t = config.eval.density_t if read_out_t is None else float(read_out_t)
 
     def to(self, device: str | torch.device) -> EnergyModel:
         """Move the model; inputs are moved to its device and outputs stay there."""
@@ -147,9 +151,9 @@ class EnergyModel:
 
     def log_density(self, x: Tensor, t: float | None = None, labels: Tensor | int | None = None) -> Tensor:
         """The energy's log-density in user units, up to a constant: the data smoothed by N(0, (σ/μ)²) at time t,
-        log ρ̄ₜ(μ(t) z) + D log μ(t) (default t: config.eval.density_t). At t = 1 on the σ_min = 0 linear path
+        log ρ̄ₜ(μ(t) z) + D log μ(t) (default t: read_out_t). At t = 1 on the σ_min = 0 linear path
         this is the data density itself; a t a little below 1 reads ψ where training pins it down best."""
-        t = self.config.eval.density_t if t is None else t
+        t = self.read_out_t if t is None else t
         z = self._z(x)
         if t <= 0:
             raise ValueError(f"the data density is read at t > 0, got {t}")
@@ -254,10 +258,10 @@ class EnergyModel:
         diffusion energies), moved from one time to the next by an Euler step of the flow dx/dt = ∇Φ, itself built
         from ψ (predictor; predictor=False leaves the MCMC steps alone to follow the moving target); otherwise
         `steps` steps at t from x0 (user units) or from n flow samples. t defaults to the read-out time
-        eval.density_t. step_size None: σ(tₖ)²/D^(1/3), times a factor adapted between blocks of 5 steps towards
+        read_out_t. step_size None: σ(tₖ)²/D^(1/3), times a factor adapted between blocks of 5 steps towards
         MALA's 0.574 acceptance; a number: that step in standardised data units (μ²·step in x), fixed.
         denoise: return Tweedie's E[x̄ | x] = (x + σ²∇ψ)/μ at the last t instead of x/μ."""
-        t = self.config.eval.density_t if t is None else float(t)
+        t = self.read_out_t if t is None else float(t)
         tt = self._t(t, 1)
         mu, sigma = float(self.path.mu(tt)), float(self.path.sigma(tt))
         if steps < 1:
@@ -304,7 +308,7 @@ class EnergyModel:
         if not isinstance(self.phi, EnergyPotential):
             raise ValueError("log_partition anneals from ψ(·, 0) = the prior, which holds under the energy "
                              "parameterisation only (model.parameterisation=energy)")
-        t = self.config.eval.density_t if t is None else float(t)
+        t = self.read_out_t if t is None else float(t)
         res = self.langevin(n, steps, t, predictor=False, denoise=False, generator=generator, labels=labels)
         sigma0 = float(self.path.sigma(self._t(0.0, 1)))
         log_z0 = 0.5 * self.dim * math.log(2 * math.pi * sigma0**2)
@@ -339,7 +343,7 @@ class EnergyModel:
         state = {k: v.detach().cpu().contiguous() for k, v in self.phi.state_dict().items()}
         meta = {"format": FORMAT, "vpfb_version": __version__, "dim": self.dim, "shape": list(self.shape),
                 "num_classes": self.num_classes, "config": self.config.to_dict(),
-                "standardizer": self.standardizer.to_dict(), "sha256": digest(state)}
+                "standardizer": self.standardizer.to_dict(), "read_out_t": self.read_out_t, "sha256": digest(state)}
         atomic_write(directory / WEIGHTS, safetensors_bytes(state))
         atomic_write(directory / METADATA, json.dumps(meta, indent=2).encode())
 
@@ -357,6 +361,9 @@ class EnergyModel:
             standardizer = Standardizer.from_dict(meta["standardizer"])
             shape = tuple(int(n) for n in meta.get("shape", [meta["dim"]]))
             num_classes = meta.get("num_classes")
+            read_out_t = meta.get("read_out_t")  # None in older files: the configuration's
+            if read_out_t is not None and not 0 < float(read_out_t) <= 1:
+                raise TypeError(f"read_out_t = {read_out_t} lies outside (0, 1]")
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"{directory / METADATA} is corrupt or not a vpfb model file: {err}") from err
         if meta.get("format") != FORMAT:
@@ -375,7 +382,7 @@ class EnergyModel:
             potential.load_state_dict(state)
         except RuntimeError as err:
             raise ValueError(f"{directory / WEIGHTS} does not match the architecture in its config: {err}") from err
-        return cls(potential, config, standardizer, shape, num_classes).to(device)
+        return cls(potential, config, standardizer, shape, num_classes, read_out_t).to(device)
 
 
 def load(directory: str | Path, device: str | torch.device = "cpu") -> EnergyModel:

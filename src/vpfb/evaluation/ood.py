@@ -28,17 +28,17 @@ def png_bits(x: Tensor) -> Tensor:
 
 
 def end_time(model: EnergyModel, t: float | None) -> float:
-    """t if given, else 1 where Φ(·, 1) depends on the weights, else the read-out time eval.density_t (under the
+    """t if given, else 1 where Φ(·, 1) depends on the weights, else the model's read-out time (under the
     energy parameterisation on a σ_min = 0 path ∇Φ(x, 1) = x whatever was trained)."""
     if t is not None:
         return t
-    return 1.0 if model.boltzmann_is_informative() else model.config.eval.density_t
+    return 1.0 if model.boltzmann_is_informative() else model.read_out_t
 
 
 LOG2 = float(np.log(2))
 SCORES: dict[str, Callable[..., Tensor]] = {
     "boltzmann": lambda m, x, t: m.boltzmann(x, t=1.0 if t is None else t),  # the paper's Φ_B at t = 1
-    "log_density": lambda m, x, t: m.log_density(x, t),  # log ρ̄ₜ, at eval.density_t unless t is given
+    "log_density": lambda m, x, t: m.log_density(x, t),  # log ρ̄ₜ, at the model's read-out t unless t is given
     "likelihood": lambda m, x, t: m.log_likelihood(x, hutchinson=m.dim > 16),  # CNF log p(x)
     "grad_norm": lambda m, x, t: -m.velocity(x, end_time(m, t)).flatten(1).norm(dim=1),  # small ‖∇Φ‖
     # Serrà et al.'s complexity correction: how many bits the model saves over PNG, log₂ p(x) + L(x)

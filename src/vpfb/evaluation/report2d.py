@@ -31,7 +31,7 @@ def report_2d(model: EnergyModel, x_test: Tensor, out: str | Path,
     plots.save(fig, out / "trajectories.png")
 
     fig, axes = plots.figure(2)
-    t = model.config.eval.density_t
+    t = model.read_out_t
     plots.plot_density(axes[0], model.log_density, low, high, title=f"energy density (ψ read at t={t:g})")
     prior = model.standardizer.inverse(torch.randn(2000, 2, generator=gen).to(model.device))  # chains start at the prior
     chains = model.sample_langevin(2000, steps=langevin_steps, step_size=langevin_step_size, x0=prior, generator=gen,
