@@ -104,7 +104,7 @@ def _rank_main(job, rank: int, size: int, port: int, args: tuple, results) -> No
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
-        from vpfb.training import distributed
+        from vpfb import distributed
 
         world = distributed.init("cpu")
         report = job(world, *args)

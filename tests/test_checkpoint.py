@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from vpfb import files
 from vpfb.config import TrainConfig
 from vpfb.losses import DeepRitzLoss
 from vpfb.parameterisation import EnergyPotential
@@ -228,7 +229,7 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint_intact(run, monkey
     def crash(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", crash)  # the temporary file is written, not yet renamed
+    monkeypatch.setattr(files.os, "fsync", crash)  # the temporary file is written, not yet renamed
     later = checkpoint.Snapshot(80, 1.0, before.tensors, before.meta)
     with pytest.raises(OSError, match="disk full"):
         checkpoint.save(later, run, keep=2)

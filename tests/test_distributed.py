@@ -16,7 +16,9 @@ from vpfb.losses import DeepRitzLoss, LossOutput
 from vpfb.parameterisation import EnergyPotential
 from vpfb.paths import LinearPath
 from vpfb.potentials import MLPPotential
-from vpfb.training import World, distributed, train
+from vpfb import distributed
+from vpfb.distributed import World
+from vpfb.training import train
 from vpfb.training.trainer import draw_batch
 
 RANKS = 2

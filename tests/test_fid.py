@@ -16,7 +16,7 @@ from vpfb.evaluation.fid import (FeatureStats, InceptionFeatures, build_extracto
                                  quantise, reference_stats, sample_stats, task_fid, to_uint8)
 from vpfb.evaluation.frechet import MnistFeatures, _Identity, frechet_distance
 from vpfb.model import EnergyModel, build_potential
-from vpfb.training import World
+from vpfb.distributed import World
 
 DIM = 8
 DIGITS_TRAIN = 1797 - 300  # scikit-learn's digits without their test split (the last 30 of each class)

@@ -74,7 +74,7 @@ def cmd_train(args) -> None:
     if cfg.model.architecture not in IMAGE_ARCHITECTURES:
         return train_and_report(cfg, out, existing=run_policy(args))
     from vpfb.fit import fit
-    from vpfb.training import distributed
+    from vpfb import distributed
 
     world = distributed.init(cfg.train.device)  # under torchrun: one process per GPU, before the model is built
     try:
@@ -148,7 +148,7 @@ def cmd_eval(args) -> None:
     from vpfb.evaluation.fid import STANDARD_SAMPLES
     from vpfb.evaluation.tasks import evaluate
     from vpfb.model import load
-    from vpfb.training import distributed
+    from vpfb import distributed
 
     world = distributed.init(args.device)  # under torchrun: one process per GPU; fid shares its samples out
     try:

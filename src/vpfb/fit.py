@@ -12,13 +12,14 @@ from torch import Tensor
 from vpfb.config import Config, ConfigError
 from vpfb.data import ImageData, Standardizer, load_data, load_images
 from vpfb.evaluation.density import calibrate_density_t
+from vpfb.files import digest
 from vpfb.losses import TimeSampler, build_loss
 from vpfb.model import IMAGE_ARCHITECTURES, EnergyModel, build_potential
 from vpfb.parameterisation import with_labels
 from vpfb.paths import GaussianPath
 from vpfb.plots import save_image_grid
-from vpfb.training import distributed, train
-from vpfb.training.checkpoint import digest
+from vpfb import distributed
+from vpfb.training import train
 from vpfb.training.rundir import claim
 from vpfb.training.trainer import check_train_config, ema_decay
 

@@ -17,6 +17,7 @@ from vpfb import __version__
 from vpfb.config import Config, ConfigError, from_dict
 from vpfb.data import Standardizer
 from vpfb.energy import CombinedPotential, boltzmann
+from vpfb.files import atomic_write, digest
 from vpfb.likelihood import bits_per_dim, log_likelihood
 from vpfb.parameterisation import DenoisingEnergy, EnergyPotential, parameterise, with_labels
 from vpfb.paths import build_path, expand_like
@@ -24,7 +25,6 @@ from vpfb.potentials import (AEEnergy, MLPPotential, ScalarHead, UNet, WideResNe
                              velocity)
 from vpfb.sampling import (AnnealedResult, LangevinResult, ODESolution, annealed_langevin, integrate,
                             sample_langevin)
-from vpfb.training.checkpoint import atomic_write, digest
 
 WEIGHTS, METADATA, FORMAT = "model.safetensors", "model.json", 1
 

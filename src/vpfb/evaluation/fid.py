@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 
 from vpfb.data import load_images
 from vpfb.data.images import IMAGE_SETS
+from vpfb.files import digest
 from vpfb.evaluation.frechet import FeatureStats, MnistFeatures, frechet_distance_of_stats
 from vpfb.model import EnergyModel
-from vpfb.training import distributed
-from vpfb.training.distributed import World
+from vpfb import distributed
+from vpfb.distributed import World
 
 __all__ = ["FeatureStats", "InceptionFeatures", "build_extractor", "default_cache_dir", "fid",
            "frechet_distance_of_stats", "quantise", "reference_stats", "sample_stats", "task_fid", "to_uint8"]
@@ -98,16 +99,7 @@ def build_extractor(extractor: str | nn.Module, extractor_path: str | Path | Non
     else:
         raise ValueError(f"unknown extractor {extractor!r}; choose one of {EXTRACTORS} or give an nn.Module mapping "
                          f"images [N, C, H, W] in [-1, 1] to features [N, d]")
-    return module, f"{label}-{_digest(module)}"
-
-
-def _digest(module: nn.Module) -> str:
-    """The first 12 hex digits of a SHA-256 of the module's state (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, value in sorted(module.state_dict().items()):
-        h.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
-        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:12]
+    return module, f"{label}-{digest(module.state_dict())[:12]}"
 
 
 def default_cache_dir() -> Path:

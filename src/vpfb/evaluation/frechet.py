@@ -24,10 +24,10 @@ from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from vpfb.training.checkpoint import atomic_write
+from vpfb.files import atomic_write
 
 if TYPE_CHECKING:
-    from vpfb.training.distributed import World
+    from vpfb.distributed import World
 
 
 class _Identity(nn.Module):

@@ -17,7 +17,7 @@ from vpfb.evaluation.longrun import long_run
 from vpfb.evaluation.ood import MultiscaleEnergy, score_sets, table_of
 from vpfb.evaluation.ood_sets import PROTOCOLS, protocol_sets, reference_images
 from vpfb.model import EnergyModel
-from vpfb.training import distributed
+from vpfb import distributed
 
 
 def run_data(model: EnergyModel, split: str = "test") -> tuple[ImageData, str]:

@@ -8,10 +8,7 @@ before it, with a warning.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
+
+from vpfb.files import atomic_write, digest
 
 FORMAT = 1
 PATTERN = "step-*.safetensors"
@@ -109,21 +108,6 @@ def save(snapshot: Snapshot, run_dir: Path, keep: int) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync, then rename it over `path` (all or nothing)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def read(path: Path) -> Snapshot:
     """Read and verify one checkpoint; raises CorruptCheckpointError when it is not intact."""
     try:
@@ -199,30 +183,6 @@ def _optimiser_state(snapshot: Snapshot, optimiser: torch.optim.Optimizer) -> di
     return {"state": state, "param_groups": groups}
 
 
-def digest(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 (hex) of named tensors: their names, dtypes, shapes and bytes."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
 def _step_of(path: Path) -> int | None:
     digits = path.stem[len("step-"):]
     return int(digits) if digits.isdigit() else None
-
-
-def _fsync_dir(folder: Path) -> None:
-    # makes the rename itself durable; not possible on every platform (Windows), where it is skipped
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

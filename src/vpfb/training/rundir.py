@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from vpfb import __version__
-from vpfb.training.checkpoint import atomic_write
+from vpfb.files import atomic_write
 
 RECORD, LOCK = "run.json", ".lock"
 EXISTING = ("check", "resume", "restart")

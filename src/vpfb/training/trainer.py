@@ -18,11 +18,12 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from vpfb import distributed
 from vpfb.config import TrainConfig
+from vpfb.distributed import World
 from vpfb.losses import LossOutput
 from vpfb.potentials import CompiledVelocity
-from vpfb.training import checkpoint, distributed
-from vpfb.training.distributed import World
+from vpfb.training import checkpoint
 
 
 class BatchSource(Protocol):
