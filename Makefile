@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-vision bench-toy2d clean
+.PHONY: demo test lint test-vision bench-toy2d clean
 
 $(BIN)/vpfb: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(BIN)/vpfb
 
 test: $(BIN)/vpfb
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+lint: $(BIN)/vpfb
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The `vision` extra needs the CUDA torch build (it also runs on CPU): a second environment, the whole suite again.
 VISION_VENV := .venv-vision

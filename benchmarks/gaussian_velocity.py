@@ -4,6 +4,7 @@ relative L2 error of ∇Φ on samples of ρ_t.
 
     python benchmarks/gaussian_velocity.py loss.snr_floor=0.05      # any config overrides; ~1 minute on one core
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,8 +22,13 @@ def main() -> None:
     torch.set_num_threads(1)
     model, truth = fit_on_gaussian(sys.argv[1:])
     errors = [relative_velocity_error(model, truth, t) for t in TIMES]
-    print(" ".join(sys.argv[1:]) or "defaults", "| relative velocity error at t = " +
-          " / ".join(f"{t}" for t in TIMES) + ": " + " / ".join(f"{e:.3f}" for e in errors))
+    print(
+        " ".join(sys.argv[1:]) or "defaults",
+        "| relative velocity error at t = "
+        + " / ".join(f"{t}" for t in TIMES)
+        + ": "
+        + " / ".join(f"{e:.3f}" for e in errors),
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ perturbed off the zero-initialised output layer, so that every layer gets a grad
     python benchmarks/gpu.py                                             # needs a CUDA GPU
     python benchmarks/gpu.py --methods vpfb --variants bf16 bf16-compiled --batch 128 256
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,12 @@ from speed import build, make_step, time_steps  # noqa: E402
 from vpfb.potentials import UNet, unet_config  # noqa: E402
 
 SCHEDULES = {"paper (800k steps × 128)": (800_000, 128), "released (2M steps × 64)": (2_000_000, 64)}
-VARIANTS = {"fp32": (False, False), "bf16": (True, False), "fp32-compiled": (False, True),
-            "bf16-compiled": (True, True)}
+VARIANTS = {
+    "fp32": (False, False),
+    "bf16": (True, False),
+    "fp32-compiled": (False, True),
+    "bf16-compiled": (True, True),
+}
 
 
 def compiled_gradient_error(setting: dict, x: torch.Tensor, amp: bool) -> float:
@@ -50,14 +55,21 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     setting = unet_config(args.network)
     params = sum(q.numel() for q in UNet(**setting).parameters())
-    print(f"# {args.network} U-Net ({params / 1e6:.1f}M parameters), {torch.cuda.get_device_name()}, "
-          f"torch {torch.__version__}, TF32 on")
-    print("| method | batch | precision | compiled | ms/step | images/s | peak GiB | vs FM fp32 | first step (s) | " +
-          " | ".join(f"{name} (h)" for name in SCHEDULES) + " |")
+    print(
+        f"# {args.network} U-Net ({params / 1e6:.1f}M parameters), {torch.cuda.get_device_name()}, "
+        f"torch {torch.__version__}, TF32 on"
+    )
+    print(
+        "| method | batch | precision | compiled | ms/step | images/s | peak GiB | vs FM fp32 | first step (s) | "
+        + " | ".join(f"{name} (h)" for name in SCHEDULES)
+        + " |"
+    )
     print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(SCHEDULES))
     for batch in args.batch:
-        x = torch.rand(batch, setting["in_channels"], setting["image_size"], setting["image_size"],
-                       device="cuda") * 2 - 1
+        x = (
+            torch.rand(batch, setting["in_channels"], setting["image_size"], setting["image_size"], device="cuda") * 2
+            - 1
+        )
         reference = None
         for method in args.methods:
             for variant in args.variants:
@@ -70,13 +82,20 @@ def main() -> None:
                 if method == "fm" and variant == "fp32":
                     reference = ms
                 hours = [steps * ms * (b / batch) / 3.6e6 for steps, b in SCHEDULES.values()]
-                print(f"| {method} | {batch} | {'bf16' if amp else 'fp32'} | {'yes' if compiled else 'no'} | "
-                      f"{ms:.1f} | {batch / ms * 1e3:.0f} | {peak:.1f} | "
-                      f"{f'{ms / reference:.2f}' if reference else '–'} | {first:.0f} | " +
-                      " | ".join(f"{h:.0f}" for h in hours) + " |", flush=True)
+                print(
+                    f"| {method} | {batch} | {'bf16' if amp else 'fp32'} | {'yes' if compiled else 'no'} | "
+                    f"{ms:.1f} | {batch / ms * 1e3:.0f} | {peak:.1f} | "
+                    f"{f'{ms / reference:.2f}' if reference else '–'} | {first:.0f} | "
+                    + " | ".join(f"{h:.0f}" for h in hours)
+                    + " |",
+                    flush=True,
+                )
                 if compiled and method == "vpfb":
-                    print(f"(compiled VPFB, {variant}: gradient relative error against eager "
-                          f"{compiled_gradient_error(setting, x, amp):.1e})", flush=True)
+                    print(
+                        f"(compiled VPFB, {variant}: gradient relative error against eager "
+                        f"{compiled_gradient_error(setting, x, amp):.1e})",
+                        flush=True,
+                    )
 
 
 def measure(method: str, setting: dict, x: torch.Tensor, amp: bool, compiled: bool, args):

@@ -3,6 +3,7 @@
 
     PYTHONPATH=src python benchmarks/gpu_toy2d.py --out OUT_DIR      # needs a CUDA device; about 3 minutes
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,9 @@ import torch
 from vpfb.config import load_config
 from vpfb.data import sample_toy, toy_log_density
 from vpfb.evaluation.report2d import report_2d
-from vpfb.fit import build_loss_from_config, fit
+from vpfb.factory import build_loss_from_config, build_potential
+from vpfb.fit import fit
 from vpfb.losses import LossOutput
-from vpfb.model import build_potential
 from vpfb.potentials import MLP
 
 

@@ -14,6 +14,7 @@ measured on the 1,000 held-out digits of the test split:
   held-out digits, and a picture of its end.
 The runs must use the energy parameterisation for ψ to be read directly; direct runs get the agreement rows only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,9 @@ import time
 from pathlib import Path
 
 import torch
+from mnist5k import draw, load_or_train
 from torch import Tensor
 
-from mnist5k import draw, load_or_train
 from vpfb.data import load_images
 from vpfb.evaluation.frechet import extract_features, frechet_distance
 from vpfb.model import EnergyModel, load
@@ -70,8 +71,15 @@ def normalised_bits(model: EnergyModel, x: Tensor, cnf: Tensor, t: float, chains
     psi = in_batches(lambda c: model.log_density(c, t), x).double()
     offset = model.dim * math.log(127.5)
     to_bits = lambda log_p: float(((-log_p + offset) / (model.dim * math.log(2))).mean())  # noqa: E731
-    return {"t": t, "log_z": log_z, "ess": ess, "chains": chains, "steps": steps,
-            "energy_bpd": to_bits(psi - log_z), "cnf_bpd": to_bits(cnf.double())}
+    return {
+        "t": t,
+        "log_z": log_z,
+        "ess": ess,
+        "chains": chains,
+        "steps": steps,
+        "energy_bpd": to_bits(psi - log_z),
+        "cnf_bpd": to_bits(cnf.double()),
+    }
 
 
 def confident(classifier, x: Tensor, level: float = 0.9) -> float:
@@ -89,17 +97,33 @@ def long_chain(model: EnergyModel, t: float, steps: int, chains: int, held_out: 
     warm = model.langevin(chains, steps=200, t=t, x0=start, denoise=False, generator=torch.Generator().manual_seed(3))
     tt = torch.full((chains,), t)
     log_p = lambda y: model.phi.log_density(y, tt[: len(y)])  # noqa: E731
-    res = sample_langevin(log_p, mu * warm.x, steps, warm.step_sizes[-1], metropolis=True, save_every=steps // 8,
-                          generator=torch.Generator().manual_seed(5))
+    res = sample_langevin(
+        log_p,
+        mu * warm.x,
+        steps,
+        warm.step_sizes[-1],
+        metropolis=True,
+        save_every=steps // 8,
+        generator=torch.Generator().manual_seed(5),
+    )
     noised = mu * held_out[:chains] + sigma * torch.randn(held_out[:chains].shape)
     on_data = sample_langevin(log_p, noised, 1, 1e-12).mean_grad_sq[0]  # ‖∇ψ‖² at noised data, no move
     denoised = torch.stack([(y + sigma**2 * value_and_grad(log_p, y)[1]) / mu for y in res.trajectory])  # Tweedie
     save_image_grid(denoised.transpose(0, 1)[:16].flatten(0, 1).clamp(-1, 1), out / "long_chain.png", columns=9)
     grad = res.mean_grad_sq
-    return {"t": t, "steps": steps, "chains": chains, "step_size": warm.step_sizes[-1], "acceptance": res.acceptance,
-            "grad_sq_on_data": float(on_data), "grad_sq_last_100": float(grad[-100:].mean()),
-            "grad_sq_max": float(grad.max()), "digits_start": confident(classifier, denoised[0]),
-            "digits_end": confident(classifier, denoised[-1]), "digits_held_out": confident(classifier, held_out)}
+    return {
+        "t": t,
+        "steps": steps,
+        "chains": chains,
+        "step_size": warm.step_sizes[-1],
+        "acceptance": res.acceptance,
+        "grad_sq_on_data": float(on_data),
+        "grad_sq_last_100": float(grad[-100:].mean()),
+        "grad_sq_max": float(grad.max()),
+        "digits_start": confident(classifier, denoised[0]),
+        "digits_end": confident(classifier, denoised[-1]),
+        "digits_held_out": confident(classifier, held_out),
+    }
 
 
 def main() -> None:
@@ -133,8 +157,9 @@ def main() -> None:
             row["agreement"], cnf = agreement(model, x, args.times)
             log(f"{run}: agreement {row['agreement']}")
             if energy and "partition" not in args.skip:
-                row["partition"] = normalised_bits(model, x, cnf, args.read_out, args.partition_chains,
-                                                   args.partition_steps)
+                row["partition"] = normalised_bits(
+                    model, x, cnf, args.read_out, args.partition_chains, args.partition_steps
+                )
                 log(f"{run}: partition {row['partition']}")
         if "sampling" not in args.skip:
             z0 = torch.randn(args.samples, *model.shape, generator=torch.Generator().manual_seed(0))
@@ -142,8 +167,10 @@ def main() -> None:
             row["fd_ode"] = frechet_distance(extract_features(classifier, ode), train_features)
             if energy:
                 gen = torch.Generator().manual_seed(0)
-                chunks = [model.langevin(250, steps=args.langevin_steps, t=args.read_out, generator=gen)
-                          for _ in range(max(args.samples // 250, 1))]
+                chunks = [
+                    model.langevin(250, steps=args.langevin_steps, t=args.read_out, generator=gen)
+                    for _ in range(max(args.samples // 250, 1))
+                ]
                 mala = torch.cat([c.x for c in chunks])
                 row["mala_acceptance_last_level"] = [c.acceptance[-1] for c in chunks]
                 row["fd_mala"] = frechet_distance(extract_features(classifier, mala.clamp(-1, 1)), train_features)

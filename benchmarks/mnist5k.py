@@ -26,6 +26,7 @@ against the 4,000 training digits; the row "real" measures `--samples` of the 1,
 (the floor at this N).
 side_by_side.png shows, left to right, real digits and the methods in the order run (vpfb, fm-steps, fm-clock).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,17 +43,18 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-from torch import Tensor
-
 from mnist_classifier import load_or_train
+from safetensors.torch import save_file
 from speed import flow_matching_loss
 from timing import interleaved_step_times
+from torch import Tensor
+
 from vpfb.config import Config, load_config
 from vpfb.data import load_images
 from vpfb.evaluation.frechet import extract_features, frechet_distance
-from vpfb.fit import ImageBatches, build_loss_from_config, fit
-from vpfb.model import build_potential, load
+from vpfb.factory import build_loss_from_config, build_potential
+from vpfb.fit import ImageBatches, fit
+from vpfb.model import load
 from vpfb.plots import save_image_grid
 from vpfb.potentials import UNet, unet_config, velocity
 from vpfb.sampling import integrate
@@ -126,15 +128,19 @@ def side_by_side(panels: list[Tensor], columns: int) -> tuple[Tensor, int]:
     for r in range(len(panels[0]) // columns):
         row = []
         for k, panel in enumerate(panels):
-            row += ([blank] if k else []) + [panel[r * columns:(r + 1) * columns]]
+            row += ([blank] if k else []) + [panel[r * columns : (r + 1) * columns]]
         rows.append(torch.cat(row))
     return torch.cat(rows), len(panels) * (columns + 1) - 1
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=400, help="VPFB training steps (400 ≈ 35 min for everything on one "
-                                                          "core of the reference machine)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=400,
+        help="VPFB training steps (400 ≈ 35 min for everything on one core of the reference machine)",
+    )
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--heun-steps", type=int, default=10)
     p.add_argument("--grid", type=int, default=64, help="draws also sampled by dopri5 and shown in the grids")
@@ -143,10 +149,21 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "mnist5k")
     p.add_argument("--docs", type=Path, default=None, help="also copy the side-by-side grid here")
     p.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
-    p.add_argument("--runs", nargs="*", type=Path, default=[], metavar="DIR",
-                   help="also measure run directories written by `vpfb train` (their EMA weights), same protocol")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides of the mnist5k-cpu preset, e.g. loss.weight=uniform (train.* apply to every run)")
+    p.add_argument(
+        "--runs",
+        nargs="*",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="also measure run directories written by `vpfb train` (their EMA weights), same protocol",
+    )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the mnist5k-cpu preset, e.g. loss.weight=uniform (train.* apply to every run)",
+    )
     args = p.parse_args()
     if args.steps < 10 or args.samples < 2 or not 8 <= args.grid <= args.samples:
         p.error("need --steps ≥ 10, --samples ≥ 2 and 8 ≤ --grid ≤ --samples")
@@ -159,8 +176,10 @@ def main() -> None:
     times = {"vpfb": math.nan, "fm": math.nan}  # not measured when only --runs are scored
     if args.methods or args.timing_only:
         times = step_times(cfg, batches, data.shape, args.timing_rounds)
-        log(f"step times: VPFB {times['vpfb']:.3f} s, FM {times['fm']:.3f} s, ratio {times['vpfb'] / times['fm']:.2f} "
-            f"(median of {args.timing_rounds} interleaved rounds)")
+        log(
+            f"step times: VPFB {times['vpfb']:.3f} s, FM {times['fm']:.3f} s, ratio {times['vpfb'] / times['fm']:.2f} "
+            f"(median of {args.timing_rounds} interleaved rounds)"
+        )
     if args.timing_only:
         return
     ratio = times["vpfb"] / times["fm"]
@@ -178,30 +197,53 @@ def main() -> None:
         field, seconds = train_method(method, cfg, batches, data.shape, args.out)
         log(f"sampling {method} (trained in {seconds:.0f} s)")
         row, x_dopri = evaluate(field, z0, args.heun_steps, args.grid, classifier, real_features)
-        rows.append({"method": method, "steps": steps[method], "step_ratio": ratio if method == "vpfb" else 1.0,
-                     "train_s": seconds, **row})
+        rows.append(
+            {
+                "method": method,
+                "steps": steps[method],
+                "step_ratio": ratio if method == "vpfb" else 1.0,
+                "train_s": seconds,
+                **row,
+            }
+        )
         save_image_grid(x_dopri, args.out / f"{method}.png")
         grids.append(x_dopri)
         log(f"{method}: FD {row['fd']:.3f}, dopri5 NFE {row['nfe_dopri5']:.0f}")
     for run in args.runs:
         model = load(run)
-        row, x_dopri = evaluate(lambda x, t: velocity(model.phi, x, t), z0, args.heun_steps, args.grid, classifier,
-                                real_features)
+        row, x_dopri = evaluate(
+            lambda x, t: velocity(model.phi, x, t), z0, args.heun_steps, args.grid, classifier, real_features
+        )
         with open(run / "metrics.csv", newline="") as fh:
             seconds = float(list(csv.DictReader(fh))[-1]["seconds"])
-        rows.append({"method": f"run {run}", "steps": model.config.train.steps, "step_ratio": math.nan,
-                     "train_s": seconds, **row})
+        rows.append(
+            {
+                "method": f"run {run}",
+                "steps": model.config.train.steps,
+                "step_ratio": math.nan,
+                "train_s": seconds,
+                **row,
+            }
+        )
         grids.append(x_dopri)
         log(f"{run}: FD {row['fd']:.3f}, dopri5 NFE {row['nfe_dopri5']:.0f}")
 
-    tiles, columns = side_by_side(grids, int(args.grid ** 0.5))
+    tiles, columns = side_by_side(grids, int(args.grid**0.5))
     picture = save_image_grid(tiles, args.out / "side_by_side.png", columns)
     if args.docs is not None:
         args.docs.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(picture, args.docs)
-    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                       "classifier_accuracy": accuracy, "step_times": times,
-                                                       "rows": rows}, indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "classifier_accuracy": accuracy,
+                "step_times": times,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print_table(args, times, accuracy, rows)
 
 
@@ -227,18 +269,23 @@ def evaluate(field, z0: Tensor, heun_steps: int, grid: int, classifier, real_fea
 
 def print_table(args, times: dict[str, float], accuracy: float, rows: list[dict]) -> None:
     variant = f" with {' '.join(args.set)}" if args.set else ""
-    print(f"# mnist5k: {args.steps} VPFB steps{variant}; step times VPFB {1e3 * times['vpfb']:.0f} ms, FM "
-          f"{1e3 * times['fm']:.0f} ms (ratio {times['vpfb'] / times['fm']:.2f}); classifier held-out accuracy "
-          f"{accuracy:.4f}; {args.samples} samples, Heun {args.heun_steps} steps; 1 thread, "
-          f"torch {torch.__version__}, {platform.machine()}")
+    print(
+        f"# mnist5k: {args.steps} VPFB steps{variant}; step times VPFB {1e3 * times['vpfb']:.0f} ms, FM "
+        f"{1e3 * times['fm']:.0f} ms (ratio {times['vpfb'] / times['fm']:.2f}); classifier held-out accuracy "
+        f"{accuracy:.4f}; {args.samples} samples, Heun {args.heun_steps} steps; 1 thread, "
+        f"torch {torch.__version__}, {platform.machine()}"
+    )
     print("| model | steps | step time ×FM | train s | Fréchet distance | Heun NFE | dopri5 NFE | Heun gap |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["method"] == "real":
             print(f"| real digits ({args.samples}) | – | – | – | {r['fd']:.3f} | – | – | – |")
             continue
-        print(f"| {r['method']} | {r['steps']} | {r['step_ratio']:.2f} | {r['train_s']:.0f} | {r['fd']:.3f} | "
-              f"{r['nfe_heun']:.0f} | {r['nfe_dopri5']:.0f} | {r['heun_gap']:.4f} |")
+        print(
+            f"| {r['method']} | {r['steps']} | {r['step_ratio']:.2f} | {r['train_s']:.0f} | {r['fd']:.3f} | "
+            f"{r['nfe_heun']:.0f} | {r['nfe_dopri5']:.0f} | {r['heun_gap']:.4f} |"
+        )
+
 
 if __name__ == "__main__":
     main()

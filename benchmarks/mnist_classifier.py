@@ -7,6 +7,7 @@ last 100 of each class); Adam with a cosine learning rate, no augmentation, one 
 accuracy, which is also stored in the file's metadata. The weights (106k parameters, 0.4 MB) are small enough to
 commit, so benchmarks load them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,15 @@ SEED = 0
 
 @torch.no_grad()
 def accuracy(model: MnistFeatures, x: Tensor, y: Tensor, batch_size: int = 500) -> float:
-    hits = sum((model.logits(xb).argmax(1) == yb).sum().item() for xb, yb in zip(x.split(batch_size),
-                                                                                 y.split(batch_size)))
+    hits = sum(
+        (model.logits(xb).argmax(1) == yb).sum().item() for xb, yb in zip(x.split(batch_size), y.split(batch_size))
+    )
     return hits / len(y)
 
 
-def train_classifier(x: Tensor, y: Tensor, epochs: int = 12, batch_size: int = 64, lr: float = 2e-3,
-                     seed: int = SEED) -> MnistFeatures:
+def train_classifier(
+    x: Tensor, y: Tensor, epochs: int = 12, batch_size: int = 64, lr: float = 2e-3, seed: int = SEED
+) -> MnistFeatures:
     """Minimise cross-entropy over `epochs` shuffled passes of (x [N, 1, 28, 28] in [-1, 1], y [N])."""
     torch.manual_seed(seed)
     model = MnistFeatures()
@@ -61,8 +64,15 @@ def train_and_save(path: Path = ARTIFACT, epochs: int = 12) -> tuple[MnistFeatur
     """Train on the training split, save to `path` and return the classifier and its test-split accuracy."""
     model = train_classifier(*digits("train"), epochs=epochs)
     acc = accuracy(model, *digits("test"))
-    model.save(path, {"trained_on": "mnist5k train split", "seed": str(SEED), "epochs": str(epochs),
-                      "held_out_accuracy": f"{acc:.4f}"})
+    model.save(
+        path,
+        {
+            "trained_on": "mnist5k train split",
+            "seed": str(SEED),
+            "epochs": str(epochs),
+            "held_out_accuracy": f"{acc:.4f}",
+        },
+    )
     return model, acc
 
 
@@ -82,8 +92,10 @@ def main() -> None:
     torch.set_num_threads(1)
     model, acc = train_and_save(args.out, args.epochs)
     params = sum(q.numel() for q in model.parameters())
-    print(f"MnistFeatures ({params / 1e3:.0f}k parameters, {model.num_features} features): accuracy {acc:.4f} on "
-          f"the 1,000 digits of mnist5k's test split (trained on its 4,000 training digits); saved to {args.out}")
+    print(
+        f"MnistFeatures ({params / 1e3:.0f}k parameters, {model.num_features} features): accuracy {acc:.4f} on "
+        f"the 1,000 digits of mnist5k's test split (trained on its 4,000 training digits); saved to {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ so that every layer gets a gradient.
 
     python benchmarks/precision.py --network cifar10 --batch 8       # CPU, ~3 minutes on one thread
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,16 +42,28 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     setting = unet_config(args.network)
-    x = torch.rand(args.batch, setting["in_channels"], setting["image_size"], setting["image_size"],
-                   generator=torch.Generator().manual_seed(0)).to(args.device) * 2 - 1
-    print(f"# {args.network} U-Net, batch {args.batch}, {args.device}, torch {torch.__version__}: "
-          "‖g − g_fp32‖ / ‖g_fp32‖")
+    x = (
+        torch.rand(
+            args.batch,
+            setting["in_channels"],
+            setting["image_size"],
+            setting["image_size"],
+            generator=torch.Generator().manual_seed(0),
+        ).to(args.device)
+        * 2
+        - 1
+    )
+    print(
+        f"# {args.network} U-Net, batch {args.batch}, {args.device}, torch {torch.__version__}: ‖g − g_fp32‖ / ‖g_fp32‖"
+    )
     print("| method | bf16 autocast | fp32, other t and ε |\n|---|---|---|")
     for method in ("fm", "vpfb"):
         model, forward, loss_fn = build(method, setting, args.device, False)
         perturb_(model)
-        g32, g16, other = (gradient(model, forward, loss_fn, x, seed, amp, args.device)
-                           for seed, amp in ((1, False), (1, True), (2, False)))
+        g32, g16, other = (
+            gradient(model, forward, loss_fn, x, seed, amp, args.device)
+            for seed, amp in ((1, False), (1, True), (2, False))
+        )
         rel = lambda g: f"{((g - g32).norm() / g32.norm()).item():.3f}"  # noqa: E731
         print(f"| {method} | {rel(g16)} | {rel(other)} |", flush=True)
 

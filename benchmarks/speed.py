@@ -10,6 +10,7 @@ count columns (eager rows) divide VPFB's step by FM's in matrix-multiply FLOPs (
 attention's matmuls, as torch.utils.flop_counter counts them) and in dispatched ATen operations: the first is the
 work exact second derivatives cannot avoid, the second the per-operation overhead on top of it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,6 +60,7 @@ def make_step(method: str, setting: dict, device: str, amp: bool, compile_: bool
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
+
     return step
 
 
@@ -112,17 +114,29 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     setting = unet_config(args.network)
-    x = torch.rand(args.batch, setting["in_channels"], setting["image_size"], setting["image_size"],
-                   device=args.device) * 2 - 1
-    variants = [(False, False)] if args.amp == "none" else [(True, False)] if args.amp == "bf16" else \
-        [(False, False), (True, False)]
+    x = (
+        torch.rand(args.batch, setting["in_channels"], setting["image_size"], setting["image_size"], device=args.device)
+        * 2
+        - 1
+    )
+    variants = (
+        [(False, False)]
+        if args.amp == "none"
+        else [(True, False)]
+        if args.amp == "bf16"
+        else [(False, False), (True, False)]
+    )
     if args.compile:
         variants += [(amp, True) for amp, _ in variants]
     params = sum(q.numel() for q in UNet(**setting).parameters())
-    print(f"# {args.network} U-Net ({params / 1e6:.2f}M parameters), batch {args.batch}, {args.device}, "
-          f"torch {torch.__version__}, {args.threads} thread(s)")
-    print("| precision | compiled | FM ms/step | VPFB ms/step | VPFB / FM | FM peak MiB | VPFB peak MiB "
-          "| FLOPs VPFB / FM | ops VPFB / FM |")
+    print(
+        f"# {args.network} U-Net ({params / 1e6:.2f}M parameters), batch {args.batch}, {args.device}, "
+        f"torch {torch.__version__}, {args.threads} thread(s)"
+    )
+    print(
+        "| precision | compiled | FM ms/step | VPFB ms/step | VPFB / FM | FM peak MiB | VPFB peak MiB "
+        "| FLOPs VPFB / FM | ops VPFB / FM |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for amp, compiled in variants:
         row = measure(setting, x, args, amp, compiled)
@@ -156,6 +170,7 @@ def measure(setting: dict, x: torch.Tensor, args, amp: bool, compiled: bool) -> 
         (fm_flops, fm_ops), (vpfb_flops, vpfb_ops) = (count_step(steps[m], x) for m in ("fm", "vpfb"))
         counts = [f"{vpfb_flops / fm_flops:.2f}", f"{vpfb_ops / fm_ops:.2f}"]
     return [f"{fm:.1f}", f"{vpfb:.1f}", f"{vpfb / fm:.2f}", peak["fm"], peak["vpfb"], *counts]
+
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):

@@ -7,6 +7,7 @@ of one thread per core (`train.threads=N`, N the core count).
 Prints wall-clock seconds (median of --rounds) and each busy time as a multiple of the idle time of the same
 setting; the goal is the default within 1.3× of its idle time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,25 @@ def spin(stop) -> None:
 def timed_training(data: Path, out: Path, extra: list[str]) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "vpfb", "train", "--data", str(data), "--out", str(out), "--steps", "600",
-                    "eval.calibrate=false", *extra], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vpfb",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "600",
+            "eval.calibrate=false",
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     return time.perf_counter() - start
 
 

@@ -1,4 +1,5 @@
 """Step times measured so that a busy, shared machine slows every method alike."""
+
 from __future__ import annotations
 
 import statistics

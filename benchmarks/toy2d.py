@@ -14,6 +14,7 @@ Equal wall clock is enforced through steps: step times are measured first (inter
 budget is given in flow-matching steps, and every method gets the steps that fit in the same time at its measured
 step-time ratio. The numbers then do not depend on what else the machine was doing while a method trained.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,10 @@ from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
 from vpfb.config import Config
 from vpfb.data import TOY_DATASETS, Standardizer, sample_toy, toy_log_density
 from vpfb.evaluation.density import calibrate_density_t, density_metrics
-from vpfb.fit import build_loss_from_config
+from vpfb.factory import build_loss_from_config, build_potential
 from vpfb.likelihood import log_likelihood
-from vpfb.model import EnergyModel, build_potential
 from vpfb.losses import LossOutput
+from vpfb.model import EnergyModel
 from vpfb.potentials import MLP
 from vpfb.sampling import integrate
 from vpfb.training import train
@@ -44,8 +45,7 @@ METHODS = {  # name -> config overrides on the shared defaults
     "vpfb-snr0.05": {"loss": {"snr_floor": 0.05}},  # the earlier default: less weight on early times
     "vpfb-lambda0.01": {"loss": {"partition_weight": 0.01}},  # the earlier partition weight
     "vpfb-covariance": {"loss": {"estimator": "covariance", "weight": "sigma2"}},
-    "vpfb-released": {"loss": {"name": "released", "partition_weight": 0.0},
-                      "model": {"parameterisation": "direct"}},
+    "vpfb-released": {"loss": {"name": "released", "partition_weight": 0.0}, "model": {"parameterisation": "direct"}},
     "vpfb-cv": {"loss": {"estimator": "covariance", "weight": "sigma2", "control_variate": True}},
     "vpfb-direct": {"model": {"parameterisation": "direct"}, "loss": {"partition_weight": 0.0}},
     "vpfb-nopartition": {"loss": {"partition_weight": 0.0}},  # what the partition term costs and buys
@@ -83,6 +83,7 @@ def build(method: str, cfg: Config, train_x: torch.Tensor):
 
 def step_times(configs: dict[str, Config], train_x: torch.Tensor, rounds: int = 5, steps: int = 40) -> dict:
     """Seconds per training step of each method, from interleaved runs of `steps` steps."""
+
     def run(method: str, cfg: Config):
         net, loss, st = build(method, cfg, train_x)
         short = dataclasses.replace(cfg.train, steps=steps, time_budget=0.0)
@@ -94,8 +95,9 @@ def step_times(configs: dict[str, Config], train_x: torch.Tensor, rounds: int = 
 def evaluate_fm(net, st, test_x, fresh_x):
     field = lambda x, t: net(x, t)  # noqa: E731
     nll = -(log_likelihood(field, st.transform(test_x)) - st.log_abs_det()).mean().item()
-    sol = integrate(field, torch.randn(len(fresh_x), 2, generator=torch.Generator().manual_seed(0)),
-                    rtol=1e-3, atol=1e-3)
+    sol = integrate(
+        field, torch.randn(len(fresh_x), 2, generator=torch.Generator().manual_seed(0)), rtol=1e-3, atol=1e-3
+    )
     return {"cnf_nll": nll, "w2": w2(st.inverse(sol.x), fresh_x), "nfe": sol.nfe}
 
 
@@ -121,8 +123,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--datasets", nargs="*", default=list(TOY_DATASETS))
     p.add_argument("--methods", nargs="*", default=list(METHODS))
-    p.add_argument("--fm-steps", type=int, default=16000,
-                   help="the budget, in flow-matching steps (16000 ≈ 60 s on one core of the reference machine)")
+    p.add_argument(
+        "--fm-steps",
+        type=int,
+        default=16000,
+        help="the budget, in flow-matching steps (16000 ≈ 60 s on one core of the reference machine)",
+    )
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0, help="seeds the networks' initialisation, batches and noise")
     p.add_argument("--timing-rounds", type=int, default=5)
@@ -135,14 +141,18 @@ def main() -> None:
         cfg.train.seed = args.seed
     times = step_times(configs, sample_toy("moons", 10_000, seed=0), rounds=args.timing_rounds)
     if args.timing_only:
-        print(f"| method | ms/step | ×FM |  (median of {args.timing_rounds} interleaved rounds, 1 thread)\n|---|---|---|")
+        print(
+            f"| method | ms/step | ×FM |  (median of {args.timing_rounds} interleaved rounds, 1 thread)\n|---|---|---|"
+        )
         for method, seconds in times.items():
             print(f"| {method} | {1e3 * seconds:.2f} | {seconds / times['fm']:.2f} |")
         return
     fm_steps = args.fm_steps
-    print(f"# toy2d: budget {fm_steps} flow-matching steps (≈ {fm_steps * times['fm']:.0f} s at the measured "
-          f"{1e3 * times['fm']:.2f} ms/step); every method gets the steps that fit in the same time. "
-          f"seed {args.seed}, 1 thread, torch {torch.__version__}, {platform.machine()}")
+    print(
+        f"# toy2d: budget {fm_steps} flow-matching steps (≈ {fm_steps * times['fm']:.0f} s at the measured "
+        f"{1e3 * times['fm']:.2f} ms/step); every method gets the steps that fit in the same time. "
+        f"seed {args.seed}, 1 thread, torch {torch.__version__}, {platform.machine()}"
+    )
     header = "| data | method | steps | step time ×FM | CNF NLL | energy NLL (t) | Φ_B NLL | true NLL | W2 | NFE |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -161,8 +171,12 @@ def main() -> None:
             else:
                 m = evaluate_vpfb(EnergyModel(result.ema, cfg, st), train_x, test_x, fresh_x, truth)
             fmt = lambda k: f"{m[k]:.3f}" if k in m else "–"  # noqa: E731
-            print(f"| {name} | {method} | {cfg.train.steps} | {ratio:.2f} | {fmt('cnf_nll')} | {fmt('energy_nll')} ({m.get('t', '–')}) | "
-                  f"{fmt('boltzmann_nll')} | {fmt('true_nll')} | {fmt('w2')} | {m.get('nfe', '–')} |", flush=True)
+            print(
+                f"| {name} | {method} | {cfg.train.steps} | {ratio:.2f} | {fmt('cnf_nll')} | "
+                f"{fmt('energy_nll')} ({m.get('t', '–')}) | "
+                f"{fmt('boltzmann_nll')} | {fmt('true_nll')} | {fmt('w2')} | {m.get('nfe', '–')} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

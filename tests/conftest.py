@@ -1,4 +1,5 @@
 """Closed forms for Gaussian data x̄ ~ N(m, diag s²) on any Gaussian path (docs/method.md §8)."""
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,7 @@ class GaussianTruth:
 
     def log_density(self, x, t):
         mu, _, v, _ = self._coeffs(t)
-        return (-self._rotated(x, mu) ** 2 / (2 * v) - 0.5 * torch.log(2 * math.pi * v)).sum(1)
+        return (-(self._rotated(x, mu) ** 2) / (2 * v) - 0.5 * torch.log(2 * math.pi * v)).sum(1)
 
     def sample_data(self, n, generator=None):
         eps = torch.randn(n, self.m.numel(), generator=generator, dtype=self.m.dtype)
@@ -85,6 +86,7 @@ def interrupt_at(stop):
     def callback(step, ema):
         if step == stop:
             raise KeyboardInterrupt
+
     return callback
 
 
@@ -93,15 +95,17 @@ def torchvision_without_md5(monkeypatch):
     """torchvision's datasets with the md5 comparison of CIFAR, SVHN and CelebA reduced to a file-exists check."""
     torchvision = pytest.importorskip("torchvision")
     for module in ("cifar", "svhn", "celeba"):
-        monkeypatch.setattr(f"torchvision.datasets.{module}.check_integrity",
-                            lambda path, md5=None: os.path.isfile(path))
+        monkeypatch.setattr(
+            f"torchvision.datasets.{module}.check_integrity", lambda path, md5=None: os.path.isfile(path)
+        )
     return torchvision
 
 
 def _rank_main(job, rank: int, size: int, port: int, args: tuple, results) -> None:
     """One spawned process: joins the group as torchrun would start it, runs job(world, *args), reports."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     try:
         from vpfb import distributed
@@ -122,8 +126,10 @@ def run_as_ranks(job, size: int, *args) -> dict[int, dict]:
         port = s.getsockname()[1]
     context = mp.get_context("spawn")
     results = context.Queue()
-    processes = [context.Process(target=_rank_main, args=(job, rank, size, port, args, results), daemon=True)
-                 for rank in range(size)]
+    processes = [
+        context.Process(target=_rank_main, args=(job, rank, size, port, args, results), daemon=True)
+        for rank in range(size)
+    ]
     for p in processes:
         p.start()
     reports = {}

@@ -1,4 +1,5 @@
 """Checkpoints: exact resume after SIGKILL, fallback past corrupt files, clear errors, atomic writes."""
+
 import csv
 import json
 import os
@@ -76,11 +77,18 @@ def run(tmp_path):
 
 def test_resume_after_sigkill_continues_exactly(tmp_path, one_thread, capsys):
     run_dir = tmp_path / "run"
-    child = subprocess.run([sys.executable, "-c", CHILD, str(Path(__file__).parent), str(run_dir)],
-                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(Path(__file__).parent), str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr
-    assert [p.name for p in checkpoint.checkpoint_paths(run_dir)] == ["step-00000040.safetensors",
-                                                                      "step-00000020.safetensors"]
+    assert [p.name for p in checkpoint.checkpoint_paths(run_dir)] == [
+        "step-00000040.safetensors",
+        "step-00000020.safetensors",
+    ]
     assert [int(r["step"]) for r in rows(run_dir / "metrics.csv")] == [10, 20, 30, 40, 50]
 
     potential, loss, data = setup()
@@ -128,8 +136,13 @@ def test_killed_at_random_moments_a_run_always_resumes_to_the_uninterrupted_weig
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     newest = lambda: max((p.name for p in checkpoint.checkpoint_paths(run_dir)), default="")  # noqa: E731
     for kill in range(7):
-        child = subprocess.Popen([sys.executable, "-c", FAULT_CHILD, str(Path(__file__).parent), str(run_dir)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-c", FAULT_CHILD, str(Path(__file__).parent), str(run_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         if kill < 6:
             start, target = newest(), rng.randint(1, 10)  # checkpoints to wait for: 3–30 steps
             seen = start
@@ -165,8 +178,10 @@ def test_resume_says_so_and_a_finished_run_stays_finished(run, capsys):
 
 
 def test_keeps_the_newest_checkpoints_as_safetensors_with_a_json_record(run):
-    assert [p.name for p in checkpoint.checkpoint_paths(run)] == ["step-00000060.safetensors",
-                                                                  "step-00000040.safetensors"]
+    assert [p.name for p in checkpoint.checkpoint_paths(run)] == [
+        "step-00000060.safetensors",
+        "step-00000040.safetensors",
+    ]
     with safe_open(str(run / "checkpoints" / "step-00000060.safetensors"), framework="pt") as fh:
         record = json.loads(fh.metadata()["vpfb"])
         assert fh.get_tensor("rng.torch").dtype == torch.uint8 and fh.get_tensor("rng.batches").dtype == torch.uint8
@@ -218,8 +233,11 @@ def test_no_usable_checkpoint_is_a_clear_error(run):
 
 
 def test_a_checkpoint_of_another_architecture_is_a_clear_error(run):
-    with pytest.raises(ValueError, match=r"different architecture: parameter net.layers.0.weight has shape "
-                                         r"\(16, 3\), model expects \(32, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"different architecture: parameter net.layers.0.weight has shape "
+        r"\(16, 3\), model expects \(32, 3\)",
+    ):
         train(*setup(hidden=32), TrainConfig(steps=80), progress_bar=False, run_dir=run)
 
 
@@ -234,8 +252,10 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint_intact(run, monkey
     with pytest.raises(OSError, match="disk full"):
         checkpoint.save(later, run, keep=2)
     monkeypatch.undo()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000040.safetensors",
-                                                                      "step-00000060.safetensors"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step-00000040.safetensors",
+        "step-00000060.safetensors",
+    ]
     after = checkpoint.load_latest(run)
     assert after.step == 60 and all(torch.equal(after.tensors[k], v) for k, v in before.tensors.items())
 
@@ -249,14 +269,17 @@ def test_a_half_written_temporary_file_is_ignored_then_removed(run):
     assert snapshot.step == 60
     checkpoint.save(checkpoint.Snapshot(80, 1.0, snapshot.tensors, snapshot.meta), run, keep=2)
     assert not stray.exists()
-    assert [p.name for p in checkpoint.checkpoint_paths(run)] == ["step-00000080.safetensors",
-                                                                  "step-00000060.safetensors"]
+    assert [p.name for p in checkpoint.checkpoint_paths(run)] == [
+        "step-00000080.safetensors",
+        "step-00000060.safetensors",
+    ]
 
 
 def stop_at(stop):
     def callback(step, ema):
         if step == stop:
             raise KeyboardInterrupt
+
     return callback
 
 
@@ -268,8 +291,9 @@ def test_resume_on_cuda_is_exact(tmp_path, amp):
     def run(run_dir=None, callback=None):
         potential, loss, data = setup()
         potential.cuda()
-        return potential, train(potential, loss, data.cuda(), cfg, progress_bar=False, run_dir=run_dir,
-                                callback=callback)
+        return potential, train(
+            potential, loss, data.cuda(), cfg, progress_bar=False, run_dir=run_dir, callback=callback
+        )
 
     base_potential, baseline = run()
     with pytest.raises(KeyboardInterrupt):

@@ -11,10 +11,19 @@ from vpfb.data import sample_toy
 def test_train_on_a_point_file_then_sample(tmp_path, capsys):
     np.save(tmp_path / "pts.npy", sample_toy("eightgaussians", 600, seed=0).numpy() * 3 + 7)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tmp_path / "pts.npy"), "--out", str(run), "--steps", "60",
-                 "model.hidden=32"]) == 0
-    for name in ("model.safetensors", "model.json", "config.yaml", "metrics.csv", "metrics.json",
-                 "trajectories.png", "boltzmann.png", "density.png"):
+    assert (
+        main(["train", "--data", str(tmp_path / "pts.npy"), "--out", str(run), "--steps", "60", "model.hidden=32"]) == 0
+    )
+    for name in (
+        "model.safetensors",
+        "model.json",
+        "config.yaml",
+        "metrics.csv",
+        "metrics.json",
+        "trajectories.png",
+        "boltzmann.png",
+        "density.png",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert np.isfinite(metrics["cnf_nll"]) and np.isfinite(metrics["energy_nll"])
@@ -30,8 +39,17 @@ def test_tiny_or_degenerate_point_files_finish_and_say_what_they_scored(tmp_path
     the metrics say they are on the training points; a CUDA device on a machine without one is a clear error."""
     x = np.stack([np.linspace(-1, 1, 30), np.full(30, 2.0)], 1)
     np.save(tmp_path / "flat.npy", x)
-    argv = ["train", "--data", str(tmp_path / "flat.npy"), "--out", str(tmp_path / "run"), "--steps", "20",
-            "model.hidden=16", "eval.calibrate=false"]
+    argv = [
+        "train",
+        "--data",
+        str(tmp_path / "flat.npy"),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "20",
+        "model.hidden=16",
+        "eval.calibrate=false",
+    ]
     assert main(argv) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["split"] == "training"
     assert "none held out" in capsys.readouterr().out
@@ -40,12 +58,15 @@ def test_tiny_or_degenerate_point_files_finish_and_say_what_they_scored(tmp_path
         assert "no CUDA GPU is available" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["train", "cifar"], "unknown preset"),
-    (["train", "--data", "nowhere.npy"], "does not exist"),
-    (["train", "train.stesp=3"], "did you mean 'steps'"),
-    (["sample", "no_run", "--out", "x.npy"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["train", "cifar"], "unknown preset"),
+        (["train", "--data", "nowhere.npy"], "does not exist"),
+        (["train", "train.stesp=3"], "did you mean 'steps'"),
+        (["sample", "no_run", "--out", "x.npy"], "does not exist"),
+    ],
+)
 def test_bad_input_exits_with_a_clear_message(argv, match, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2

@@ -1,4 +1,5 @@
 """Composed potentials: gradients are the weighted sums of the parts; every sampler accepts them."""
+
 import pytest
 import torch
 
@@ -8,8 +9,16 @@ from vpfb.evaluation.composition import average, guide, negate
 from vpfb.fit import fit
 from vpfb.potentials import velocity
 
-STEPS = ["train.steps=6", "train.batch_size=8", "train.sample_every=0", "train.checkpoint_every=3",
-         "model.conditional=true", "train.ema=0.0", "train.warmup_steps=0", "train.lr=0.01"]
+STEPS = [
+    "train.steps=6",
+    "train.batch_size=8",
+    "train.sample_every=0",
+    "train.checkpoint_every=3",
+    "model.conditional=true",
+    "train.ema=0.0",
+    "train.warmup_steps=0",
+    "train.lr=0.01",
+]
 
 
 @pytest.fixture(scope="module")

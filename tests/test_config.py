@@ -14,8 +14,13 @@ def test_defaults_presets_and_overrides(tmp_path):
     assert from_dict(Config().to_dict()).to_dict() == Config().to_dict()
 
 
-@pytest.mark.parametrize("override,match", [("train.lr=[1, 2", "override 'train.lr=\\[1, 2' is not valid YAML"),
-                                            ("train.lr=!!python/object:os.system x", "is not valid YAML")])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.lr=[1, 2", "override 'train.lr=\\[1, 2' is not valid YAML"),
+        ("train.lr=!!python/object:os.system x", "is not valid YAML"),
+    ],
+)
 def test_broken_yaml_and_tags_are_one_line_errors(override, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [override])
@@ -32,12 +37,17 @@ def test_numbers_are_read_as_a_user_writes_them():
         load_config(None, ["train.lr=fast"])
 
 
-@pytest.mark.parametrize("setting,match", [
-    ("train.lr=0", "train.lr must be positive"), ("train.lr=.inf", "train.lr must be a finite number"),
-    ("train.grad_clip=-1", "train.grad_clip must be at least 0"),
-    ("train.time_budget=-5", "train.time_budget must be at least 0"), ("train.ema=1", r"decay in \[0, 1\)"),
-    ("train.steps=0", "train.steps must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "setting,match",
+    [
+        ("train.lr=0", "train.lr must be positive"),
+        ("train.lr=.inf", "train.lr must be a finite number"),
+        ("train.grad_clip=-1", "train.grad_clip must be at least 0"),
+        ("train.time_budget=-5", "train.time_budget must be at least 0"),
+        ("train.ema=1", r"decay in \[0, 1\)"),
+        ("train.steps=0", "train.steps must be at least 1"),
+    ],
+)
 def test_settings_the_trainer_cannot_use_are_refused(setting, match):
     from vpfb.training.trainer import check_train_config
 
@@ -45,13 +55,16 @@ def test_settings_the_trainer_cannot_use_are_refused(setting, match):
         check_train_config(load_config(None, [setting]).train)
 
 
-@pytest.mark.parametrize("raw,match", [
-    ({"trian": {"steps": 1}}, "unknown section 'trian' \\(did you mean 'train'\\?\\)"),
-    ({"train": {"step": 1}}, "unknown key train.step \\(did you mean 'steps'\\?\\)"),
-    ({"train": {"steps": "many"}}, "train.steps must be int"),
-    ({"train": {"steps": True}}, "train.steps must be int"),
-    ({"train": 3}, "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "raw,match",
+    [
+        ({"trian": {"steps": 1}}, "unknown section 'trian' \\(did you mean 'train'\\?\\)"),
+        ({"train": {"step": 1}}, "unknown key train.step \\(did you mean 'steps'\\?\\)"),
+        ({"train": {"steps": "many"}}, "train.steps must be int"),
+        ({"train": {"steps": True}}, "train.steps must be int"),
+        ({"train": 3}, "must be a mapping"),
+    ],
+)
 def test_bad_config_is_rejected_with_a_hint(raw, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(raw)
@@ -66,15 +79,20 @@ def test_bad_sources():
         load_config(None, ["steps=3"])
 
 
-@pytest.mark.parametrize("preset,override", [("digits-cpu", "model.head=ae"),
-                                             ("toy2d", "loss.name=released"),
-                                             ("toy2d", "loss.time_sampling=logit_normal"),
-                                             ("toy2d", "model.parameterisation=direct")])
+@pytest.mark.parametrize(
+    "preset,override",
+    [
+        ("digits-cpu", "model.head=ae"),
+        ("toy2d", "loss.name=released"),
+        ("toy2d", "loss.time_sampling=logit_normal"),
+        ("toy2d", "model.parameterisation=direct"),
+    ],
+)
 def test_partition_term_only_where_it_works(preset, override):
     """The partition term needs few dimensions, adds to the Deep Ritz loss and reads ψ from the energy
     parameterisation: "auto" (the default) turns it off where it cannot work, and an explicit weight there is
     refused by name."""
-    from vpfb.fit import build_loss_from_config, partition_weight
+    from vpfb.factory import build_loss_from_config, partition_weight
     from vpfb.paths import LinearPath
 
     dim = 64 if preset == "digits-cpu" else 2
@@ -86,7 +104,7 @@ def test_partition_term_only_where_it_works(preset, override):
 
 
 def test_partition_weight_auto_follows_the_dimension():
-    from vpfb.fit import partition_weight
+    from vpfb.factory import partition_weight
 
     assert partition_weight(load_config("toy2d"), 5) == 0.03 and partition_weight(load_config("toy2d"), 6) == 0.0
     assert partition_weight(load_config("toy2d", ["loss.partition_weight=0"]), 2) == 0.0

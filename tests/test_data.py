@@ -1,4 +1,5 @@
 """vpfb.data: toy sets against their true densities, point files and their errors, the standardizer."""
+
 from __future__ import annotations
 
 import functools
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vpfb.data import TOY_DATASETS, Standardizer, load_data, load_points, sample_toy, toy_log_density
-from vpfb.data import toy2d
+from vpfb.data import TOY_DATASETS, Standardizer, load_data, load_points, sample_toy, toy2d, toy_log_density
 
 KNOWN = [name for name in TOY_DATASETS if toy_log_density(name, torch.zeros(1, 2)) is not None]
 CELL, SUB = 0.125, 3  # histogram cell side, and midpoint-rule points per cell side for the density's cell masses
@@ -29,11 +29,12 @@ def density_summary(log_density, samples: torch.Tensor) -> tuple[torch.Tensor, t
     masses = (p * h**2).reshape(int(bins[0]), SUB, int(bins[1]), SUB).sum((1, 3))
     cells = ((samples.double() - low) / CELL).long()
     counts = torch.zeros(int(bins[0]), int(bins[1]), dtype=torch.float64).index_put_(
-        (cells[:, 0], cells[:, 1]), torch.ones(len(samples), dtype=torch.float64), accumulate=True)
+        (cells[:, 0], cells[:, 1]), torch.ones(len(samples), dtype=torch.float64), accumulate=True
+    )
     return counts / len(samples), masses, float(torch.where(p > 0, p * log_p, 0).sum() * h**2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(name: str) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """Frequencies, masses, ∫ p log p, and the mean log-density at N_ENTROPY fresh samples (seeded draws)."""
     samples = sample_toy(name, N_HISTOGRAM, seed=1)
@@ -172,23 +173,26 @@ def with_nan_and_inf() -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("flat.npy", np.zeros(10), r"got shape \(10,\); for 1-D data save x.reshape\(-1, 1\)"),
-    ("cube.npy", np.zeros((2, 2, 2)), r"2-D array \[N, d\], got shape \(2, 2, 2\)"),
-    ("one.npy", np.zeros((1, 3)), "holds 1 point"),
-    ("nan.npy", with_nan_and_inf(), r"NaN or inf in 2 of 10 rows \(first: row 3"),
-    ("flags.npy", np.ones((4, 2), dtype=bool), "holds bool values"),
-    ("objects.npy", np.array([[{"a": 1}, None]] * 3, dtype=object), "Python objects"),
-    ("corrupt.npy", b"not numpy at all", "not a readable numpy file"),
-    ("two.npz", {"a": np.zeros((5, 2)), "b": np.zeros((5, 2))}, r"holds 2 arrays \(a, b\); choose one with key="),
-    ("words.csv", "x,y\n1,2\nfoo,bar\n", "not a numeric comma-separated table"),
-    ("ragged.csv", "1,2\n3,4,5\n", "not a numeric comma-separated table"),
-    ("typo.csv", "1.0,2o\n3,4\n5,6\n", "not a numeric comma-separated table"),  # a typo, not a header
-    ("header_only.csv", "x,y\n", "no data rows"),
-    ("empty.csv", "", "no data rows"),
-    ("one_row.csv", "x,y\n1,2\n", "holds 1 point"),
-    ("points.txt", "1,2\n3,4\n", r"must end in .npy, .npz, .csv"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("flat.npy", np.zeros(10), r"got shape \(10,\); for 1-D data save x.reshape\(-1, 1\)"),
+        ("cube.npy", np.zeros((2, 2, 2)), r"2-D array \[N, d\], got shape \(2, 2, 2\)"),
+        ("one.npy", np.zeros((1, 3)), "holds 1 point"),
+        ("nan.npy", with_nan_and_inf(), r"NaN or inf in 2 of 10 rows \(first: row 3"),
+        ("flags.npy", np.ones((4, 2), dtype=bool), "holds bool values"),
+        ("objects.npy", np.array([[{"a": 1}, None]] * 3, dtype=object), "Python objects"),
+        ("corrupt.npy", b"not numpy at all", "not a readable numpy file"),
+        ("two.npz", {"a": np.zeros((5, 2)), "b": np.zeros((5, 2))}, r"holds 2 arrays \(a, b\); choose one with key="),
+        ("words.csv", "x,y\n1,2\nfoo,bar\n", "not a numeric comma-separated table"),
+        ("ragged.csv", "1,2\n3,4,5\n", "not a numeric comma-separated table"),
+        ("typo.csv", "1.0,2o\n3,4\n5,6\n", "not a numeric comma-separated table"),  # a typo, not a header
+        ("header_only.csv", "x,y\n", "no data rows"),
+        ("empty.csv", "", "no data rows"),
+        ("one_row.csv", "x,y\n1,2\n", "holds 1 point"),
+        ("points.txt", "1,2\n3,4\n", r"must end in .npy, .npz, .csv"),
+    ],
+)
 def test_bad_point_files_are_refused(tmp_path, name, content, message):
     path = bad_file(tmp_path, name, content)
     with pytest.raises(ValueError, match=message) as err:
@@ -251,9 +255,9 @@ def test_standardizer_log_det_identity():
     m, s = torch.tensor([3.0, -1.0], dtype=torch.float64), torch.tensor([0.5, 4.0], dtype=torch.float64)
     st = Standardizer(m, s)
     y = m + 3 * s * torch.randn(10, 2, dtype=torch.float64)
-    user = (-(y - m) ** 2 / (2 * s**2) - torch.log(s) - 0.5 * math.log(2 * math.pi)).sum(1)
+    user = (-((y - m) ** 2) / (2 * s**2) - torch.log(s) - 0.5 * math.log(2 * math.pi)).sum(1)
     z = st.transform(y)
-    standard = (-z**2 / 2 - 0.5 * math.log(2 * math.pi)).sum(1)
+    standard = (-(z**2) / 2 - 0.5 * math.log(2 * math.pi)).sum(1)
     torch.testing.assert_close(standard - st.log_abs_det(), user)
 
 

@@ -1,5 +1,6 @@
 """The image energy parameterisation ψ = −½‖x/√v − μW‖² (DenoisingEnergy inside EnergyPotential): exact on Gaussian
 data, the prior at t = 0, the reference Gaussian at initialisation, confining for any weights, and a U-Net in it."""
+
 import math
 
 import pytest
@@ -8,7 +9,7 @@ from conftest import GaussianTruth
 from test_image_potentials import TINY, randomise
 
 from vpfb.config import load_config
-from vpfb.model import build_potential
+from vpfb.factory import build_potential
 from vpfb.parameterisation import DenoisingEnergy, EnergyPotential
 from vpfb.paths import LinearPath, LogHomotopyPath
 from vpfb.potentials import UNet, potential_and_velocity
@@ -42,8 +43,9 @@ def test_exact_on_gaussian_data(path):
     energy = EnergyPotential(DenoisingEnergy(GaussianOptimum(path, m, s, 10.0), path, bound=10.0), path)
     for time in (0.05, 0.5, 0.95):
         t = torch.full((16,), time, dtype=torch.float64)
-        x = time * truth.sample_data(16, torch.Generator().manual_seed(2)).reshape(16, *SHAPE) \
-            + (1 - time) * torch.randn(16, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        x = time * truth.sample_data(16, torch.Generator().manual_seed(2)).reshape(16, *SHAPE) + (
+            1 - time
+        ) * torch.randn(16, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
         flat = x.flatten(1)
         phi, v = potential_and_velocity(energy, x, t)
         torch.testing.assert_close(v.flatten(1), truth.velocity(flat, t), rtol=1e-6, atol=1e-6)  # the true flow
@@ -113,8 +115,9 @@ def test_energy_langevin_from_the_prior_samples_the_gaussian_read_out(denoise, p
     cfg = Config()
     cfg.eval.density_t = t
     model = EnergyModel(energy, cfg, None, SHAPE)
-    out = model.langevin(3000, steps=300, generator=torch.Generator().manual_seed(2), denoise=denoise,
-                         predictor=predictor)
+    out = model.langevin(
+        3000, steps=300, generator=torch.Generator().manual_seed(2), denoise=denoise, predictor=predictor
+    )
     noise = ((1 - t) / t) ** 2
     variance = s**4 / (s**2 + noise) if denoise else s**2 + noise
     torch.testing.assert_close(out.x.mean(0), m, atol=4 * variance.max().sqrt().item() / 3000**0.5, rtol=0)

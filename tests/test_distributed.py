@@ -1,6 +1,7 @@
 """Data parallelism: two CPU processes (gloo) train as one process on the whole batch, resume exactly, agree on
 every decision, and share out sampling in order. The processes are spawned once, run every scenario in turn and
 send back plain numbers; the tests below check them against single-process references."""
+
 import csv
 import dataclasses
 import itertools
@@ -11,13 +12,13 @@ import torch
 from conftest import RowSource, interrupt_at, run_as_ranks
 from safetensors import safe_open
 
+from vpfb import distributed
 from vpfb.config import TrainConfig
+from vpfb.distributed import World
 from vpfb.losses import DeepRitzLoss, LossOutput
 from vpfb.parameterisation import EnergyPotential
 from vpfb.paths import LinearPath
 from vpfb.potentials import MLPPotential
-from vpfb import distributed
-from vpfb.distributed import World
 from vpfb.training import train
 from vpfb.training.trainer import draw_batch
 
@@ -61,6 +62,7 @@ def draw(count, generator):
 
 # ---- what each spawned rank runs -------------------------------------------------------------------------------
 
+
 def one_gradient(world):
     """Gradients and loss of the fixed-noise loss on this rank's half of a batch, averaged over the ranks."""
     potential, loss, data = setup()
@@ -78,8 +80,12 @@ def one_gradient(world):
 def five_steps(world):
     potential, loss, data = setup()
     result = train(potential, FixedNoise(loss), RowSource(data), FIVE_STEPS, progress_bar=False)
-    return {"weights": flat(potential).tolist(), "ema": flat(result.ema).tolist(),
-            "losses": [row["loss"] for row in result.history], "steps": result.steps}
+    return {
+        "weights": flat(potential).tolist(),
+        "ema": flat(result.ema).tolist(),
+        "losses": [row["loss"] for row in result.history],
+        "steps": result.steps,
+    }
 
 
 def resume(world, run_dir):
@@ -88,15 +94,26 @@ def resume(world, run_dir):
     whole = train(potential, loss, data, RESUME, progress_bar=False, run_dir=run_dir / "whole")
     potential, loss, data = setup()
     try:
-        train(potential, loss, data, dataclasses.replace(RESUME, sample_every=1), progress_bar=False,
-              run_dir=run_dir / "stopped", callback=interrupt_at(25))
+        train(
+            potential,
+            loss,
+            data,
+            dataclasses.replace(RESUME, sample_every=1),
+            progress_bar=False,
+            run_dir=run_dir / "stopped",
+            callback=interrupt_at(25),
+        )
     except KeyboardInterrupt:
         pass
     potential, loss, data = setup()
     resumed = train(potential, loss, data, RESUME, progress_bar=False, run_dir=run_dir / "stopped")
-    return {"whole_losses": [row["loss"] for row in whole.history], "whole_ema": flat(whole.ema).tolist(),
-            "resumed_from": resumed.resumed_from, "resumed_steps": [row["step"] for row in resumed.history],
-            "resumed_ema": flat(resumed.ema).tolist()}
+    return {
+        "whole_losses": [row["loss"] for row in whole.history],
+        "whole_ema": flat(whole.ema).tolist(),
+        "resumed_from": resumed.resumed_from,
+        "resumed_steps": [row["step"] for row in resumed.history],
+        "resumed_ema": flat(resumed.ema).tolist(),
+    }
 
 
 def nan_on_rank_1_at_step_3(world):
@@ -107,12 +124,18 @@ def nan_on_rank_1_at_step_3(world):
     def fn(pot, x):
         out = loss(pot, x)
         return LossOutput(out.loss * float("nan"), out.parts) if next(calls) == 3 and world.rank == 1 else out
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = train(potential, fn, data, dataclasses.replace(RESUME, steps=5, checkpoint_every=2),
-                       progress_bar=False)
-    return {"weights": flat(potential).tolist(), "steps": result.steps, "logged": [r["step"] for r in result.history],
-            "warnings": [str(w.message).split(":")[0] for w in caught]}
+        result = train(
+            potential, fn, data, dataclasses.replace(RESUME, steps=5, checkpoint_every=2), progress_bar=False
+        )
+    return {
+        "weights": flat(potential).tolist(),
+        "steps": result.steps,
+        "logged": [r["step"] for r in result.history],
+        "warnings": [str(w.message).split(":")[0] for w in caught],
+    }
 
 
 def odd_batch(world):
@@ -130,10 +153,16 @@ def time_budget(world):
 
 def report(world: World, run_dir) -> dict:
     """Everything one rank measures, as plain numbers."""
-    return {"world": (world.rank, world.size, world.is_main), "gradient": one_gradient(world),
-            "five_steps": five_steps(world), "resume": resume(world, run_dir),
-            "nan": nan_on_rank_1_at_step_3(world), "odd_batch": odd_batch(world), "budget": time_budget(world),
-            "samples": world.sample_sharded(draw, 7, seed=5).tolist()}
+    return {
+        "world": (world.rank, world.size, world.is_main),
+        "gradient": one_gradient(world),
+        "five_steps": five_steps(world),
+        "resume": resume(world, run_dir),
+        "nan": nan_on_rank_1_at_step_3(world),
+        "odd_batch": odd_batch(world),
+        "budget": time_budget(world),
+        "samples": world.sample_sharded(draw, 7, seed=5).tolist(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +173,7 @@ def ranks(tmp_path_factory):
 
 
 # ---- the tests ---------------------------------------------------------------------------------------------------
+
 
 def test_processes_read_torchruns_environment(ranks):
     assert [ranks[r]["world"] for r in range(RANKS)] == [(0, 2, True), (1, 2, False)]
@@ -225,6 +255,7 @@ def test_sample_sharded_gathers_every_ranks_share_in_order(ranks):
 
 # ---- one process: no process group, nothing changes ----------------------------------------------------------------
 
+
 def test_a_single_process_is_a_world_of_one_that_changes_nothing(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     world = distributed.init()
@@ -252,12 +283,15 @@ def _blocks(n, size):
     return [range(a, b) for a, b in zip(starts, starts[1:])]
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"}, "RANK=2 must be below WORLD_SIZE=2"),
-    ({"WORLD_SIZE": "2", "RANK": "one", "LOCAL_RANK": "0"}, "non-negative integers, got RANK='one'"),
-    ({"WORLD_SIZE": "2", "RANK": "1"}, "got LOCAL_RANK=''"),
-    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}, "MASTER_ADDR and MASTER_PORT unset"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"}, "RANK=2 must be below WORLD_SIZE=2"),
+        ({"WORLD_SIZE": "2", "RANK": "one", "LOCAL_RANK": "0"}, "non-negative integers, got RANK='one'"),
+        ({"WORLD_SIZE": "2", "RANK": "1"}, "got LOCAL_RANK=''"),
+        ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}, "MASTER_ADDR and MASTER_PORT unset"),
+    ],
+)
 def test_a_bad_launch_environment_is_a_clear_error(monkeypatch, env, message):
     for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
@@ -277,8 +311,10 @@ def test_a_rank_draws_its_rows_of_the_global_batch_and_the_generator_moves_as_in
     assert torch.equal(x_part, x[4:]) and torch.equal(labels_part, labels[4:])
     assert torch.equal(part_gen.get_state(), whole_gen.get_state())
     tensor_gen = torch.Generator().manual_seed(3)
-    assert torch.equal(draw_batch(data, tensor_gen, 8, torch.device("cpu"), slice(0, 4)),
-                       data[torch.randint(50, (8,), generator=torch.Generator().manual_seed(3))[:4]])
+    assert torch.equal(
+        draw_batch(data, tensor_gen, 8, torch.device("cpu"), slice(0, 4)),
+        data[torch.randint(50, (8,), generator=torch.Generator().manual_seed(3))[:4]],
+    )
 
 
 class LabelledRows(RowSource):

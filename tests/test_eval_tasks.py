@@ -1,4 +1,5 @@
 """`vpfb eval` on a small conditional digits model: every task writes its table and pictures."""
+
 import json
 
 import pytest
@@ -13,15 +14,25 @@ STEPS = ["train.steps=4", "train.batch_size=8", "train.sample_every=0", "train.c
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("eval")
-    fit(load_config("digits-cpu", STEPS + ["model.conditional=true", "eval.solver=euler"]), base / "cond",
-        progress_bar=False)
+    fit(
+        load_config("digits-cpu", STEPS + ["model.conditional=true", "eval.solver=euler"]),
+        base / "cond",
+        progress_bar=False,
+    )
     fit(load_config("digits-cpu", STEPS + ["eval.solver=euler"]), base / "plain", progress_bar=False)
     return base
 
 
-@pytest.mark.parametrize("task,pictures", [("likelihood", []), ("ood", ["ood.png"]), ("interpolation", ["interpolation.png"]),
-                                           ("composition", ["composition.png"]),
-                                           ("longrun", ["longrun.png", "longrun_sgld.png"])])
+@pytest.mark.parametrize(
+    "task,pictures",
+    [
+        ("likelihood", []),
+        ("ood", ["ood.png"]),
+        ("interpolation", ["interpolation.png"]),
+        ("composition", ["composition.png"]),
+        ("longrun", ["longrun.png", "longrun_sgld.png"]),
+    ],
+)
 def test_each_task_writes_its_table_and_pictures(runs, task, pictures, capsys):
     out = runs / f"out-{task}"
     extra = {"composition": ["--labels", "3", "5"], "longrun": ["--t-end", "2", "--step-size", "0.1"]}.get(task, [])
@@ -34,8 +45,14 @@ def test_each_task_writes_its_table_and_pictures(runs, task, pictures, capsys):
     if task == "ood":
         # every score but Φ_B (blind at t = 1 under the energy preset) × 9 sets
         scores = {r["score"] for r in result["rows"]}
-        assert scores == {"log_density", "energy_multiscale", "likelihood", "likelihood_complexity",
-                          "energy_complexity", "grad_norm"}
+        assert scores == {
+            "log_density",
+            "energy_multiscale",
+            "likelihood",
+            "likelihood_complexity",
+            "energy_complexity",
+            "grad_norm",
+        }
         assert len(result["rows"]) == 6 * 9 and all(0 <= r["auroc"] <= 1 for r in result["rows"])
         assert "AUROC" in capsys.readouterr().out
     if task == "likelihood":

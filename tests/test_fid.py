@@ -1,5 +1,6 @@
 """The FID protocol: sufficient statistics, their distance (torchmetrics' formula), the cached reference, sampling
 sharded over processes, and the errors; with a fixed random projection of scikit-learn's 8×8 digits as features."""
+
 import json
 import os
 
@@ -12,11 +13,22 @@ from torchmetrics.utilities import imports
 
 from vpfb.config import load_config
 from vpfb.data import load_images
-from vpfb.evaluation.fid import (FeatureStats, InceptionFeatures, build_extractor, fid, frechet_distance_of_stats,
-                                 quantise, reference_stats, sample_stats, task_fid, to_uint8)
-from vpfb.evaluation.frechet import MnistFeatures, _Identity, frechet_distance
-from vpfb.model import EnergyModel, build_potential
 from vpfb.distributed import World
+from vpfb.evaluation.fid import (
+    FeatureStats,
+    InceptionFeatures,
+    build_extractor,
+    fid,
+    frechet_distance_of_stats,
+    quantise,
+    reference_stats,
+    sample_stats,
+    task_fid,
+    to_uint8,
+)
+from vpfb.evaluation.frechet import MnistFeatures, _Identity, frechet_distance
+from vpfb.factory import build_potential
+from vpfb.model import EnergyModel
 
 DIM = 8
 DIGITS_TRAIN = 1797 - 300  # scikit-learn's digits without their test split (the last 30 of each class)
@@ -62,6 +74,7 @@ def digits():
 
 # ---- statistics ----------------------------------------------------------------------------------------------------
 
+
 def test_stats_hold_the_sums_and_add_in_chunks_as_in_one_update():
     f = features(100)
     whole = FeatureStats.of(f)
@@ -91,6 +104,7 @@ def test_save_load_round_trip_is_exact_with_metadata(tmp_path):
     with pytest.raises(ValueError, match="is not a FeatureStats file"):
         FeatureStats.load(path)
     from safetensors.torch import save_file
+
     save_file({"weight": torch.zeros(2)}, tmp_path / "other.safetensors", {"count": "3"})
     with pytest.raises(ValueError, match=r"holds tensors \['weight'\]"):
         FeatureStats.load(tmp_path / "other.safetensors")
@@ -116,6 +130,7 @@ def test_distance_of_stats_is_torchmetrics_fid_of_the_features(tmp_path):
 
 
 # ---- the protocol's pieces on real images --------------------------------------------------------------------------
+
 
 def test_the_training_set_against_itself_is_zero_and_noise_raises_fid_monotonically(digits, tmp_path):
     extractor = Projection()
@@ -156,6 +171,7 @@ def test_inception_features_take_uint8_with_three_channels():
 
 def test_extractors_are_named_by_their_weights():
     from pathlib import Path
+
     classifier = Path(__file__).parents[1] / "benchmarks" / "artifacts" / "mnist_classifier.safetensors"
     module, name = build_extractor("mnist", classifier)
     assert isinstance(module, MnistFeatures) and name == build_extractor("mnist", classifier)[1]
@@ -171,6 +187,7 @@ def test_inception_without_torch_fidelity_names_the_install(monkeypatch):
 
 
 # ---- the reference cache -------------------------------------------------------------------------------------------
+
 
 def test_the_reference_is_computed_once_then_read_from_the_cache(tmp_path):
     extractor = Counting()
@@ -205,6 +222,7 @@ def test_the_cache_follows_the_extractors_weights_and_the_image_size(tmp_path):
 
 # ---- fid() on a model ----------------------------------------------------------------------------------------------
 
+
 def test_fid_of_a_tiny_model_is_finite_deterministic_and_seeded(tmp_path):
     model = tiny_model()
     result = fid(model, 40, extractor=Projection(), batch_size=16, steps=2, cache_dir=tmp_path, progress=False)
@@ -222,19 +240,30 @@ def test_fid_of_a_tiny_model_is_finite_deterministic_and_seeded(tmp_path):
 
 
 def test_task_fid_writes_its_picture_and_a_json_table(tmp_path):
-    result = task_fid(tiny_model(), tmp_path, 70, torch.Generator().manual_seed(0), extractor=Projection(),
-                      steps=2, cache_dir=tmp_path / "cache", progress=False)
+    result = task_fid(
+        tiny_model(),
+        tmp_path,
+        70,
+        torch.Generator().manual_seed(0),
+        extractor=Projection(),
+        steps=2,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     assert (tmp_path / "fid_samples.png").stat().st_size > 0
     assert json.loads(json.dumps(result))["samples"] == 70 and result["fid"] > 0
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(n=DIM), ValueError, r"more samples than feature dimensions: 8 ≤ d = 8.*50,000"),
-    (dict(extractor="clip"), ValueError, r"unknown extractor 'clip'; choose one of \('inception', 'mnist'\)"),
-    (dict(extractor="mnist"), ValueError, r"needs extractor_path=.*mnist_classifier.safetensors"),
-    (dict(extractor="mnist", extractor_path="missing.safetensors"), FileNotFoundError, "no classifier weights"),
-    (dict(batch_size=0), ValueError, "batch_size must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(n=DIM), ValueError, r"more samples than feature dimensions: 8 ≤ d = 8.*50,000"),
+        (dict(extractor="clip"), ValueError, r"unknown extractor 'clip'; choose one of \('inception', 'mnist'\)"),
+        (dict(extractor="mnist"), ValueError, r"needs extractor_path=.*mnist_classifier.safetensors"),
+        (dict(extractor="mnist", extractor_path="missing.safetensors"), FileNotFoundError, "no classifier weights"),
+        (dict(batch_size=0), ValueError, "batch_size must be at least 1"),
+    ],
+)
 def test_bad_requests_are_clear_errors(tmp_path, kwargs, error, message):
     options = dict(n=20, extractor=Projection(), steps=2, cache_dir=tmp_path, progress=False) | kwargs
     with pytest.raises(error, match=message):
@@ -252,6 +281,7 @@ def test_a_reference_of_another_shape_is_an_error_computed_or_cached(tmp_path):
 def test_a_point_model_is_refused():
     cfg = load_config("toy2d")
     from vpfb.data import Standardizer
+
     model = EnergyModel(build_potential(cfg, 2), cfg, Standardizer(torch.zeros(2), torch.ones(2)))
     with pytest.raises(ValueError, match="FID needs an image model"):
         fid(model, 20, extractor=Projection(), progress=False)
@@ -265,8 +295,9 @@ RANKS = 2
 def report(world: World, cache_dir) -> dict:
     """One rank's summed statistics of its shard of 101 features, and its fid() result, as plain numbers."""
     summed = FeatureStats.of(features(101)[world.shard(101)]).all_reduce(world)
-    result = fid(tiny_model(), 41, extractor=Projection(), batch_size=8, steps=2, cache_dir=cache_dir,
-                 progress=False, seed=3)
+    result = fid(
+        tiny_model(), 41, extractor=Projection(), batch_size=8, steps=2, cache_dir=cache_dir, progress=False, seed=3
+    )
     return {"count": summed.count, "total": summed.total.tolist(), "outer": summed.outer.tolist(), "fid": result}
 
 
@@ -281,8 +312,10 @@ def test_two_processes_sum_their_shares_to_the_single_process_statistics(tmp_pat
             summed = torch.tensor(reports[r][name], dtype=torch.float64)
             torch.testing.assert_close(summed, getattr(whole, name), rtol=1e-13, atol=1e-12)
     model = tiny_model()
-    shares = [sample_stats(model, Projection(), 41, World(rank=r, size=RANKS), batch_size=8, seed=3, steps=2)[0]
-              for r in range(RANKS)]
+    shares = [
+        sample_stats(model, Projection(), 41, World(rank=r, size=RANKS), batch_size=8, seed=3, steps=2)[0]
+        for r in range(RANKS)
+    ]
     assert [s.count for s in shares] == [21, 20]
     for share, (n, seed) in zip(shares, [(21, 3), (20, 4)]):  # rank r: its share, drawn as one process with seed + r
         alone = sample_stats(model, Projection(), n, batch_size=8, seed=seed, steps=2)[0]

@@ -1,4 +1,5 @@
 """The Fréchet distance against its closed form for Gaussians, its properties, and the MNIST feature extractor."""
+
 from pathlib import Path
 
 import pytest
@@ -80,13 +81,16 @@ def test_grows_monotonically_with_added_noise():
     assert all(a < b for a, b in zip(fds, fds[1:])), fds
 
 
-@pytest.mark.parametrize("a, b, message", [
-    (torch.zeros(1, 3), torch.zeros(5, 3), "feats_a has 1 sample"),
-    (torch.zeros(5, 3), torch.zeros(0, 3), "feats_b has 0 sample"),
-    (torch.zeros(5), torch.zeros(5, 1), r"feats_a must be a \[N, d\] matrix"),
-    (torch.zeros(5, 3), torch.zeros(5, 4), "differ in dimension: 3 and 4"),
-    (torch.tensor([[0.0], [float("nan")]]), torch.zeros(5, 1), "NaN or inf in 1 rows"),
-])
+@pytest.mark.parametrize(
+    "a, b, message",
+    [
+        (torch.zeros(1, 3), torch.zeros(5, 3), "feats_a has 1 sample"),
+        (torch.zeros(5, 3), torch.zeros(0, 3), "feats_b has 0 sample"),
+        (torch.zeros(5), torch.zeros(5, 1), r"feats_a must be a \[N, d\] matrix"),
+        (torch.zeros(5, 3), torch.zeros(5, 4), "differ in dimension: 3 and 4"),
+        (torch.tensor([[0.0], [float("nan")]]), torch.zeros(5, 1), "NaN or inf in 1 rows"),
+    ],
+)
 def test_bad_features_raise(a, b, message):
     with pytest.raises(ValueError, match=message):
         frechet_distance(a, b)
@@ -141,6 +145,8 @@ def test_committed_classifier_reads_digits():
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     some, rest = x[order[:1000]], extract_features(model, x[order[1000:]])
     noisy = (some + 0.5 * torch.randn(some.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
-    fd = {name: frechet_distance(extract_features(model, a), rest)
-          for name, a in (("clean", some), ("noisy", noisy), ("five classes", x[y < 5][:1000]))}
+    fd = {
+        name: frechet_distance(extract_features(model, a), rest)
+        for name, a in (("clean", some), ("noisy", noisy), ("five classes", x[y < 5][:1000]))
+    }
     assert 10 * fd["clean"] < min(fd["noisy"], fd["five classes"]), fd

@@ -3,6 +3,7 @@
 Tests of the torchvision sets skip where torchvision does not import (the light .venv) and run in .venv-vision, on
 fakes written in the official formats (tests/fakes.py) with torchvision's md5 checks patched out.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from fakes import write_celeba, write_cifar, write_mnist, write_svhn
+
 from vpfb.data import IMAGE_SETS, ImageData, load_images
 
 
@@ -22,6 +23,7 @@ def random_images(n=6, channels=3, size=5, seed=0) -> np.ndarray:
 
 
 # --- ImageData ---------------------------------------------------------------------------------------------------
+
 
 def test_batch_is_x_over_127_5_minus_1():
     images = torch.from_numpy(random_images(8))
@@ -78,6 +80,7 @@ def test_image_data_checks_its_fields():
 
 # --- named sets without torchvision ------------------------------------------------------------------------------
 
+
 def test_digits():
     from sklearn.datasets import load_digits
 
@@ -131,14 +134,19 @@ def test_torchvision_sets_without_torchvision_name_the_extra(tmp_path):
 
 # --- arrays ------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("layout", "channels"), [("NCHW", 1), ("NCHW", 3), ("NHWC", 1), ("NHWC", 3), ("NHW", 1)])
 @pytest.mark.parametrize("encoding", ["uint8", "int64", "unit", "symmetric"])
 def test_npy_layouts_and_ranges_round_trip(tmp_path, layout, channels, encoding):
     images = random_images(channels=channels, size=7)
     images[0, 0, 0, 0], images[0, 0, 0, 1] = 0, 255  # both ends of the range occur
     array = {"NCHW": images, "NHWC": images.transpose(0, 2, 3, 1), "NHW": images[:, 0]}[layout]
-    array = {"uint8": array, "int64": array.astype(np.int64), "unit": array.astype(np.float32) / 255,
-             "symmetric": array.astype(np.float32) / 127.5 - 1}[encoding]
+    array = {
+        "uint8": array,
+        "int64": array.astype(np.int64),
+        "unit": array.astype(np.float32) / 255,
+        "symmetric": array.astype(np.float32) / 127.5 - 1,
+    }[encoding]
     np.save(tmp_path / "images.npy", array)
     data = load_images(tmp_path / "images.npy")
     assert torch.equal(data.images, torch.from_numpy(images))
@@ -166,6 +174,7 @@ def test_resize_to_image_size(tmp_path):
 
 
 # --- folders -----------------------------------------------------------------------------------------------------
+
 
 def save_pictures(folder, images: np.ndarray, suffix=".png"):
     from PIL import Image
@@ -206,6 +215,7 @@ def test_a_grey_picture_among_colour_ones_becomes_rgb(tmp_path):
 
 # --- errors ------------------------------------------------------------------------------------------------------
 
+
 def test_unknown_name_lists_the_sets_and_suggests_one():
     with pytest.raises(ValueError, match="did you mean 'cifar10'") as err:
         load_images("cifar")
@@ -223,27 +233,35 @@ def write(tmp_path, array, name="bad.npy"):
     return tmp_path / name
 
 
-@pytest.mark.parametrize(("array", "match"), [
-    (np.zeros((4, 8), np.uint8), "shape"),
-    (np.zeros((2, 1, 4, 4, 1), np.uint8), "shape"),
-    (np.zeros((0, 4, 4), np.uint8), "N ≥ 1"),
-    (np.zeros((2, 5, 4, 4), np.uint8), "no channel axis"),
-    (np.full((2, 4, 4), np.nan, np.float32), "NaN or inf in 32"),
-    (np.array([[[0.5, np.inf]]]), "NaN or inf in 1"),
-    (np.full((2, 4, 4), 1.5), r"\[0, 1\] or \[-1, 1\], found \[1.5, 1.5\]"),
-    (np.full((2, 4, 4), -2.0), "found"),
-    (np.full((2, 4, 4), 256, np.int32), "0..255"),
-    (np.zeros((2, 4, 4), bool), "holds bool"),
-])
+@pytest.mark.parametrize(
+    ("array", "match"),
+    [
+        (np.zeros((4, 8), np.uint8), "shape"),
+        (np.zeros((2, 1, 4, 4, 1), np.uint8), "shape"),
+        (np.zeros((0, 4, 4), np.uint8), "N ≥ 1"),
+        (np.zeros((2, 5, 4, 4), np.uint8), "no channel axis"),
+        (np.full((2, 4, 4), np.nan, np.float32), "NaN or inf in 32"),
+        (np.array([[[0.5, np.inf]]]), "NaN or inf in 1"),
+        (np.full((2, 4, 4), 1.5), r"\[0, 1\] or \[-1, 1\], found \[1.5, 1.5\]"),
+        (np.full((2, 4, 4), -2.0), "found"),
+        (np.full((2, 4, 4), 256, np.int32), "0..255"),
+        (np.zeros((2, 4, 4), bool), "holds bool"),
+    ],
+)
 def test_bad_arrays(tmp_path, array, match):
     with pytest.raises(ValueError, match=match):
         load_images(write(tmp_path, array))
 
 
-@pytest.mark.parametrize(("labels", "match"), [
-    (np.arange(3), "labels of shape"), (np.zeros((4, 1), int), "labels of shape"),
-    (np.zeros(4), "must be integers"), (np.array([0, 1, -1, 2]), "≥ 0"),
-])
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (np.arange(3), "labels of shape"),
+        (np.zeros((4, 1), int), "labels of shape"),
+        (np.zeros(4), "must be integers"),
+        (np.array([0, 1, -1, 2]), "≥ 0"),
+    ],
+)
 def test_bad_labels(tmp_path, labels, match):
     np.savez(tmp_path / "set.npz", images=random_images(4), labels=labels)
     with pytest.raises(ValueError, match=match):
@@ -298,6 +316,7 @@ def test_bad_arguments(tmp_path):
 
 # --- torchvision sets, on fakes in their official formats ---------------------------------------------------------
 
+
 def assert_loaded(data, images, labels, num_classes):
     assert data.images.dtype == torch.uint8
     assert torch.equal(data.images, torch.from_numpy(images))
@@ -344,14 +363,15 @@ def test_celeba_crop_resize_and_cache(tmp_path, torchvision_without_md5, size):
         data = loaded[split] = load_images("celeba", root=tmp_path, split=split, image_size=size)
         assert data.shape == (3, size, size) and len(data) == len(colours[split])
         assert data.labels is None and data.num_classes is None
-        expected = torch.stack([authors(Image.open(f)) for f in files[first:first + len(data)]])
+        expected = torch.stack([authors(Image.open(f)) for f in files[first : first + len(data)]])
         first += len(data)
         assert torch.equal(data.images, expected)
         # black lies outside the crop only: a crop one pixel off darkens the edge pixels by tens of levels
         assert (data.images.int() - torch.from_numpy(colours[split].astype(int))[:, :, None, None]).abs().max() <= 3
         assert (tmp_path / "vpfb-cache" / f"celeba-{split}-{size}.npy").is_file()
     assert sorted(p.name for p in (tmp_path / "vpfb-cache").iterdir()) == sorted(
-        f"celeba-{s}-{size}.npy" for s in ("train", "valid", "test"))  # no temporary files left behind
+        f"celeba-{s}-{size}.npy" for s in ("train", "valid", "test")
+    )  # no temporary files left behind
     for f in files:
         f.unlink()  # from here on only the cache can answer
     assert torch.equal(load_images("celeba", root=tmp_path, image_size=size).images, loaded["train"].images)
@@ -379,11 +399,17 @@ def test_celeba_without_a_writable_cache_still_loads(tmp_path, torchvision_witho
     assert list((tmp_path / "vpfb-cache").iterdir()) == []  # the temporary file is gone too
 
 
-@pytest.mark.parametrize(("name", "looked_for"), [
-    ("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("svhn", "test_32x32.mat"),
-    ("mnist", os.path.join("MNIST", "raw")), ("fashion-mnist", os.path.join("FashionMNIST", "raw")),
-    ("celeba", os.path.join("celeba", "img_align_celeba")),
-])
+@pytest.mark.parametrize(
+    ("name", "looked_for"),
+    [
+        ("cifar10", "cifar-10-batches-py"),
+        ("cifar100", "cifar-100-python"),
+        ("svhn", "test_32x32.mat"),
+        ("mnist", os.path.join("MNIST", "raw")),
+        ("fashion-mnist", os.path.join("FashionMNIST", "raw")),
+        ("celeba", os.path.join("celeba", "img_align_celeba")),
+    ],
+)
 def test_missing_sets_say_where_and_how(tmp_path, name, looked_for):
     pytest.importorskip("torchvision")
     with pytest.raises(FileNotFoundError, match="download=True") as err:

@@ -1,4 +1,5 @@
 """Image models end to end on scikit-learn's digits: presets, training, the run directory, the model handle."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +7,8 @@ import torch
 import vpfb
 from vpfb.cli import main
 from vpfb.config import ConfigError, load_config, presets
+from vpfb.factory import IMAGE_ARCHITECTURES, build_network
 from vpfb.fit import fit
-from vpfb.model import IMAGE_ARCHITECTURES, build_network
 from vpfb.potentials import unet_config
 
 TINY = ["train.steps=6", "train.batch_size=8", "train.sample_every=0", "train.checkpoint_every=3", "train.log_every=1"]
@@ -26,8 +27,7 @@ def test_the_final_sample_grid_reuses_the_last_steps_grid(tmp_path, monkeypatch)
 
     draws, sample = [], EnergyModel.sample
     monkeypatch.setattr(EnergyModel, "sample", lambda self, *a, **k: draws.append(1) or sample(self, *a, **k))
-    fit(load_config("digits-cpu", [*TINY, "train.sample_every=3", "eval.solver=euler"]), tmp_path,
-        progress_bar=False)
+    fit(load_config("digits-cpu", [*TINY, "train.sample_every=3", "eval.solver=euler"]), tmp_path, progress_bar=False)
     grids = sorted((tmp_path / "samples").iterdir())
     assert [g.name for g in grids] == ["step-00000003.png", "step-00000006.png"] and len(draws) == 2
     assert (tmp_path / "samples.png").read_bytes() == grids[-1].read_bytes()
@@ -54,8 +54,10 @@ def test_every_image_preset_builds_its_network():
 def test_digits_run_directory_and_handle(digits_run):
     for name in ("config.yaml", "metrics.csv", "model.json", "model.safetensors", "samples.png"):
         assert (digits_run / name).is_file(), name
-    assert sorted(p.name for p in (digits_run / "checkpoints").iterdir()) == ["step-00000003.safetensors",
-                                                                                "step-00000006.safetensors"]
+    assert sorted(p.name for p in (digits_run / "checkpoints").iterdir()) == [
+        "step-00000003.safetensors",
+        "step-00000006.safetensors",
+    ]
     model = vpfb.load(digits_run)
     assert model.shape == (1, 8, 8)
     x = model.sample(3, solver="euler", steps=4)
@@ -93,7 +95,9 @@ def test_a_network_for_other_images_is_a_config_error(tmp_path):
 
 def test_conditional_digits_sample_by_label(tmp_path):
     # EMA = the last weights, and a high rate so that the zero-initialised layers let labels through in 6 steps
-    cfg = load_config("digits-cpu", TINY + ["model.conditional=true", "train.ema=0.0", "train.warmup_steps=0", "train.lr=0.01"])
+    cfg = load_config(
+        "digits-cpu", TINY + ["model.conditional=true", "train.ema=0.0", "train.warmup_steps=0", "train.lr=0.01"]
+    )
     model = fit(cfg, tmp_path / "cond", progress_bar=False)
     loaded = vpfb.load(tmp_path / "cond")
     assert loaded.num_classes == 10
@@ -111,8 +115,17 @@ def test_conditional_digits_sample_by_label(tmp_path):
 
 def test_cli_trains_an_image_preset_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "digits-cpu", "--out", str(out), "--steps", "4", "train.batch_size=8", "train.sample_every=0",
-            "train.checkpoint_every=2"]
+    args = [
+        "train",
+        "digits-cpu",
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "train.batch_size=8",
+        "train.sample_every=0",
+        "train.checkpoint_every=2",
+    ]
     assert main(args) == 0
     assert main(args[:5] + ["6"] + args[6:]) == 2  # more steps is another run: say so, or --resume
     assert "holds a different run (train.steps: 4 → 6)" in capsys.readouterr().err
@@ -121,8 +134,10 @@ def test_cli_trains_an_image_preset_and_resumes(tmp_path, capsys):
     assert "resuming from" in capsys.readouterr().err
     steps = [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) and steps[-1] == 6
-    assert main(["sample", str(out), "-n", "4", "--solver", "euler", "--steps", "2", "--out",
-                 str(tmp_path / "grid.png")]) == 0
+    assert (
+        main(["sample", str(out), "-n", "4", "--solver", "euler", "--steps", "2", "--out", str(tmp_path / "grid.png")])
+        == 0
+    )
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
@@ -144,8 +159,23 @@ def test_torchrun_two_processes_train_one_run(tmp_path):
 
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "vpfb", "train", "digits-cpu",
-           "--out", str(out), "--steps", "4", "train.batch_size=8", "train.sample_every=0", "train.checkpoint_every=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "vpfb",
+        "train",
+        "digits-cpu",
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "train.batch_size=8",
+        "train.sample_every=0",
+        "train.checkpoint_every=2",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "in 2 process(es)" in done.stdout

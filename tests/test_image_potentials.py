@@ -6,12 +6,27 @@ import torch.nn.functional as F
 
 from vpfb.losses import DeepRitzLoss
 from vpfb.paths import LinearPath
-from vpfb.potentials import (AEEnergy, ScalarHead, UNet, WideResNet, WideResNetPotential, potential_and_velocity,
-                             unet_config, value_and_grad)
+from vpfb.potentials import (
+    AEEnergy,
+    ScalarHead,
+    UNet,
+    WideResNet,
+    WideResNetPotential,
+    potential_and_velocity,
+    unet_config,
+    value_and_grad,
+)
 from vpfb.potentials.unet import SelfAttention, sinusoidal_embedding
 
-TINY = dict(in_channels=2, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-            attention_resolutions=(4,), dropout=0.0)
+TINY = dict(
+    in_channels=2,
+    image_size=8,
+    model_channels=8,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(4,),
+    dropout=0.0,
+)
 
 
 def randomise(module, scale=0.1):

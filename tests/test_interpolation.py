@@ -1,4 +1,5 @@
 """Slerp's closed-form properties, and inversion + interpolation through a trained model."""
+
 import math
 
 import pytest
@@ -33,8 +34,9 @@ def test_slerp_norm_is_interpolated_linearly_and_shapes_are_checked():
 
 def test_inversion_round_trip_and_interpolation():
     cfg = load_config("toy2d", ["train.steps=300", "model.hidden=32", "eval.calibrate=false"])
-    model = fit(cfg, points=torch.randn(2000, 2, generator=torch.Generator().manual_seed(0)) * 2 + 1,
-                progress_bar=False)
+    model = fit(
+        cfg, points=torch.randn(2000, 2, generator=torch.Generator().manual_seed(0)) * 2 + 1, progress_bar=False
+    )
     x = torch.tensor([[1.0, 1.0], [3.0, -1.0]])
     ode = dict(rtol=1e-6, atol=1e-6)
     z = model.invert(x, **ode)

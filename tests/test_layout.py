@@ -1,5 +1,6 @@
 """The house rules that can be checked mechanically: evaluation never reaches into training, and modules stay small
 enough to read."""
+
 import ast
 from pathlib import Path
 

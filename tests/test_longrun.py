@@ -1,4 +1,5 @@
 """Long runs: SGLD on a Gaussian Φ_B reaches its mean and variance; the ODE follows ∇Φ; diagnostics and errors."""
+
 import math
 
 import pytest
@@ -37,8 +38,15 @@ def test_ode_follows_the_gradient_and_diagnostics_are_recorded():
 
 def test_released_chain_moves_at_a_fixed_speed_and_errors():
     g = torch.Generator().manual_seed(1)
-    run = long_run(gaussian_potential, torch.randn(8, 2, generator=g), "released", t_end=0.02, step_size=0.02,
-                   noise_scale=0.0, records=2)
+    run = long_run(
+        gaussian_potential,
+        torch.randn(8, 2, generator=g),
+        "released",
+        t_end=0.02,
+        step_size=0.02,
+        noise_scale=0.0,
+        records=2,
+    )
     step = (run.snapshots[1] - run.snapshots[0]).norm(dim=1)
     assert torch.allclose(step, torch.full((8,), 0.02 * 0.5 * math.sqrt(2)))  # h·w·√D with the noise off
     with pytest.raises(ValueError, match="unknown long-run method"):

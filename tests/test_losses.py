@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import GaussianTruth
+
 from vpfb.likelihood import grid_log_normaliser
 from vpfb.losses import DeepRitzLoss, PartitionTerm, ReleasedVAPOLoss, TimeSampler, build_loss, time_weight
 from vpfb.parameterisation import DirectPotential, EnergyPotential, parameterise
@@ -17,8 +17,11 @@ def mixture(n, gen=None):
     return centres[torch.randint(0, 3, (n,), generator=gen)] + 0.3 * torch.randn(n, 2, generator=gen)
 
 
-@pytest.mark.parametrize("path,weight", [(LinearPath(), "sigma2"), (LinearPath(0.05), "sigma2"),
-                                         (LogHomotopyPath(nu=0.3), "uniform")], ids=str)
+@pytest.mark.parametrize(
+    "path,weight",
+    [(LinearPath(), "sigma2"), (LinearPath(0.05), "sigma2"), (LogHomotopyPath(nu=0.3), "uniform")],
+    ids=str,
+)
 @pytest.mark.parametrize("estimator", ["pathwise", "covariance"])
 def test_analytic_potential_is_the_loss_minimiser(path, weight, estimator):
     """J(Φ* + θh) is quadratic in θ with zero slope at θ = 0, and a wrong potential has a clear slope."""
@@ -50,16 +53,19 @@ def test_estimators_agree_in_expectation_and_pathwise_has_lower_variance():
     params = list(potential.parameters())
     gen = torch.Generator().manual_seed(0)
     directions = [torch.randn(sum(p.numel() for p in params), generator=gen) for _ in range(3)]
-    losses = {"pathwise": DeepRitzLoss(path, "pathwise", weight="sigma2"),
-              "covariance": DeepRitzLoss(path, "covariance", weight="sigma2"),
-              "control_variate": DeepRitzLoss(path, "covariance", weight="sigma2", control_variate=True)}
+    losses = {
+        "pathwise": DeepRitzLoss(path, "pathwise", weight="sigma2"),
+        "covariance": DeepRitzLoss(path, "covariance", weight="sigma2"),
+        "control_variate": DeepRitzLoss(path, "covariance", weight="sigma2", control_variate=True),
+    }
     grads = {e: [] for e in losses}
     for _ in range(300):
         x_bar = mixture(256, gen)
         t, eps = torch.rand(256, generator=gen).clamp(1e-5, 1 - 1e-5), torch.randn(256, 2, generator=gen)
         for e, loss in losses.items():
-            g = torch.autograd.grad(loss(potential, x_bar, t, eps).loss, params, allow_unused=True,
-                                    materialize_grads=True)
+            g = torch.autograd.grad(
+                loss(potential, x_bar, t, eps).loss, params, allow_unused=True, materialize_grads=True
+            )
             flat = torch.cat([gi.flatten() for gi in g])
             grads[e].append(torch.stack([flat @ d for d in directions]))
     gp, gc, gcv = (torch.stack(grads[e]) for e in losses)
@@ -145,8 +151,9 @@ def test_partition_term_of_the_true_log_density_is_its_entropy_and_a_spurious_bu
     entropy = 0.5 * torch.log(2 * math.pi * math.e * v).sum().item()
     assert term(psi(x, t), t, psi(y, t_y), log_q).item() == pytest.approx(entropy, abs=0.02)
     box = torch.tensor([-10.0, -10.0], dtype=torch.float64), torch.tensor([10.0, 10.0], dtype=torch.float64)
-    log_mean_exp_lift = grid_log_normaliser(lambda z: psi(z.double(), t[:1].expand(len(z))) - 7.0 + lift(z.double()),
-                                            *box, 800).item()
+    log_mean_exp_lift = grid_log_normaliser(
+        lambda z: psi(z.double(), t[:1].expand(len(z))) - 7.0 + lift(z.double()), *box, 800
+    ).item()
     kl = log_mean_exp_lift - lift(x).mean().item()
     assert kl > 0.5  # the lift is worth detecting
     gap = term(psi(x, t) + lift(x), t, psi(y, t_y) + lift(y), log_q).item() - entropy
@@ -200,8 +207,13 @@ def test_released_loss_matches_its_formula_term_by_term():
     time_grad = ((x @ w.numpy() + 0.5 * (x**2).sum(1)) ** 2).mean()
     norms = np.linalg.norm(grad, axis=1) * np.linalg.norm(u, axis=1)
     align = -((grad * u).sum(1) / (d * norms ** tt[:, 0])).mean()
-    expected = {"corr": corr, "dirichlet": dirichlet, "time_grad": time_grad, "align": align,
-                "loss": corr + 0.5 * dirichlet + 0.1 * time_grad + align}
+    expected = {
+        "corr": corr,
+        "dirichlet": dirichlet,
+        "time_grad": time_grad,
+        "align": align,
+        "loss": corr + 0.5 * dirichlet + 0.1 * time_grad + align,
+    }
     for name, value in expected.items():
         assert out.parts[name].item() == pytest.approx(value, rel=1e-9, abs=1e-12), name
 

@@ -7,7 +7,8 @@ import torch
 from vpfb import load
 from vpfb.config import Config
 from vpfb.data import Standardizer
-from vpfb.model import EnergyModel, build_potential
+from vpfb.factory import build_potential
+from vpfb.model import EnergyModel
 
 
 def small_model(scale=1.0, shift=0.0):
@@ -26,16 +27,16 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(again.log_density(x), model.log_density(x))
     torch.testing.assert_close(again.velocity(x, 0.3), model.velocity(x, 0.3))
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
-    torch.testing.assert_close(again.sample(5, solver="euler", steps=4, generator=g()),
-                               model.sample(5, solver="euler", steps=4, generator=g()))
+    torch.testing.assert_close(
+        again.sample(5, solver="euler", steps=4, generator=g()), model.sample(5, solver="euler", steps=4, generator=g())
+    )
 
 
 def test_user_units_are_consistent():
     """Scaling the data by c scales samples by c and shifts log-likelihoods by −D log c."""
     a, b = small_model(), small_model(scale=10.0)
     x = torch.randn(16, 2)
-    torch.testing.assert_close(b.log_likelihood(10 * x), a.log_likelihood(x) - 2 * math.log(10), rtol=1e-4,
-                               atol=1e-4)
+    torch.testing.assert_close(b.log_likelihood(10 * x), a.log_likelihood(x) - 2 * math.log(10), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(b.log_density(10 * x), a.log_density(x) - 2 * math.log(10))
     g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
     torch.testing.assert_close(b.sample(32, generator=g()), 10 * a.sample(32, generator=g()), rtol=1e-4, atol=1e-3)
@@ -149,10 +150,20 @@ def test_fit_leaves_the_configuration_as_validated(tmp_path, dim, calibrate):
     import yaml
 
     from vpfb.config import load_config
-    from vpfb.fit import fit, partition_weight
+    from vpfb.factory import partition_weight
+    from vpfb.fit import fit
 
-    cfg = load_config("toy2d", ["train.steps=3", "train.batch_size=16", "model.hidden=16", "eval.calibrate_points=64",
-                                f"eval.calibrate={str(calibrate).lower()}", "eval.calibrate_times=[0.8, 0.95]"])
+    cfg = load_config(
+        "toy2d",
+        [
+            "train.steps=3",
+            "train.batch_size=16",
+            "model.hidden=16",
+            "eval.calibrate_points=64",
+            f"eval.calibrate={str(calibrate).lower()}",
+            "eval.calibrate_times=[0.8, 0.95]",
+        ],
+    )
     before = copy.deepcopy(cfg.to_dict())
     model = fit(cfg, tmp_path, torch.randn(128, dim), progress_bar=False)
     assert cfg.to_dict() == before and yaml.safe_load((tmp_path / "config.yaml").read_text()) == before

@@ -1,4 +1,5 @@
 """OOD metrics against scikit-learn's definitions, and scores from a model."""
+
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -79,8 +80,17 @@ def test_multiscale_energy_is_the_fitted_gaussian_of_the_profile():
     g = torch.Generator().manual_seed(0)
     train = torch.randn(400, 2, generator=g)
     score = MultiscaleEnergy(model, train, times)
-    f = lambda x: torch.stack([c for t in times for c in (model.log_density(x, t) / 2,  # noqa: E731
-                                                          model.velocity(x, t).norm(dim=1) / 2**0.5)], 1).double()
+    f = lambda x: torch.stack(
+        [
+            c
+            for t in times
+            for c in (
+                model.log_density(x, t) / 2,  # noqa: E731
+                model.velocity(x, t).norm(dim=1) / 2**0.5,
+            )
+        ],
+        1,
+    ).double()
     features = f(train).numpy()
     cov = torch.cov(f(train).T).numpy()
     cov += 1e-3 * torch.diag(torch.from_numpy(cov).diagonal()).numpy()

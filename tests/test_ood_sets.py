@@ -1,12 +1,13 @@
 """vpfb.evaluation.ood_sets: synthetic sets, exact interpolations, and the paper's CIFAR-10 protocol on fakes of the
 official files (tests/fakes.py), whose tests skip where torchvision does not import and run in .venv-vision."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
 from fakes import write_celeba, write_cifar, write_mnist, write_svhn
+
 from vpfb.data import ImageData
 from vpfb.evaluation.ood_sets import PROTOCOLS, Protocol, interpolated_images, protocol_sets, synthetic_ood_sets
 
@@ -28,12 +29,21 @@ def rows_of(x: torch.Tensor, pool: torch.Tensor) -> list[int]:
 
 # --- synthetic sets and interpolations ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 16, 16)])
 def test_synthetic_sets_match_the_batch_and_repeat_with_a_seed(shape):
     x = torch.rand(5, *shape, generator=seeded(1)) * 2 - 1
     sets = synthetic_ood_sets(x, seeded())
-    assert list(sets) == ["uniform noise", "constant", "inverted", "rotated 90°", "rotated 180°", "blurred",
-                          "shifted 3 px", "digits 8×8 upscaled"]
+    assert list(sets) == [
+        "uniform noise",
+        "constant",
+        "inverted",
+        "rotated 90°",
+        "rotated 180°",
+        "blurred",
+        "shifted 3 px",
+        "digits 8×8 upscaled",
+    ]
     for name, s in sets.items():
         assert s.shape == x.shape and s.min() >= -1 and s.max() <= 1, name
     assert torch.equal(sets["inverted"], -x) and torch.equal(sets["rotated 90°"][..., 0, :], x[..., :, -1])
@@ -101,6 +111,7 @@ def test_interpolation_errors():
 
 # --- protocols: checks before any file is read ----------------------------------------------------------------------
 
+
 def own_data(n=20, shape=(1, 8, 8)) -> ImageData:
     return ImageData(torch.randint(0, 256, (n, *shape), generator=seeded(3), dtype=torch.uint8), None, None, "own")
 
@@ -120,13 +131,20 @@ def test_unknown_protocol_lists_the_choices():
     assert all(name in str(err.value) for name in PROTOCOLS)
 
 
-@pytest.mark.parametrize(("name", "shape", "match"), [
-    ("cifar10", (1, 28, 28), r"'cifar10' tests models of cifar10 \(3 channels\); this model takes 1×28×28 images: "
-                             r"use protocol 'fashion-mnist' or 'mnist' or 'synthetic'"),
-    ("fashion-mnist", (3, 32, 32), "use protocol 'cifar10' or 'synthetic'"),
-    ("cifar10", (3, 32, 16), "square size"),
-    ("cifar10", (3, 32), r"image shape \(C, H, W\)"),
-])
+@pytest.mark.parametrize(
+    ("name", "shape", "match"),
+    [
+        (
+            "cifar10",
+            (1, 28, 28),
+            r"'cifar10' tests models of cifar10 \(3 channels\); this model takes 1×28×28 images: "
+            r"use protocol 'fashion-mnist' or 'mnist' or 'synthetic'",
+        ),
+        ("fashion-mnist", (3, 32, 32), "use protocol 'cifar10' or 'synthetic'"),
+        ("cifar10", (3, 32, 16), "square size"),
+        ("cifar10", (3, 32), r"image shape \(C, H, W\)"),
+    ],
+)
 def test_shapes_no_set_can_take(name, shape, match):
     with pytest.raises(ValueError, match=match):
         protocol_sets(name, shape, 4)
@@ -150,10 +168,15 @@ def test_bad_n_and_misplaced_own_data():
 
 # --- the paper's protocol on fakes of the official files ------------------------------------------------------------
 
+
 @pytest.fixture
 def paper_sets(tmp_path, torchvision_without_md5):
-    return tmp_path, {"cifar10": write_cifar(tmp_path, 10), "cifar100": write_cifar(tmp_path, 100, seed=1),
-                      "svhn": write_svhn(tmp_path, seed=2), "celeba": write_celeba(tmp_path, seed=3)}
+    return tmp_path, {
+        "cifar10": write_cifar(tmp_path, 10),
+        "cifar100": write_cifar(tmp_path, 100, seed=1),
+        "svhn": write_svhn(tmp_path, seed=2),
+        "celeba": write_celeba(tmp_path, seed=3),
+    }
 
 
 def test_cifar10_protocol_draws_test_splits(paper_sets):
@@ -200,6 +223,10 @@ def test_missing_set_says_which_where_and_how(tmp_path, torchvision_without_md5)
     with pytest.raises(FileNotFoundError) as err:
         protocol_sets("cifar10", (3, 32, 32), 2, root=tmp_path)
     message = str(err.value)
-    for part in ("'cifar10' needs the test split of svhn", str(tmp_path / "test_32x32.mat"), "download=True",
-                 "--protocol cifar10 --download"):
+    for part in (
+        "'cifar10' needs the test split of svhn",
+        str(tmp_path / "test_32x32.mat"),
+        "download=True",
+        "--protocol cifar10 --download",
+    ):
         assert part in message, part

@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import GaussianTruth
+
 from vpfb.paths import LinearPath, LogHomotopyPath, build_path
 
 PATHS = [LinearPath(), LinearPath(sigma_min=0.05), LogHomotopyPath(omega=1.0, nu=0.1)]
@@ -12,8 +12,11 @@ PATHS = [LinearPath(), LinearPath(sigma_min=0.05), LogHomotopyPath(omega=1.0, nu
 def conditional_log_density(path, x, x_bar, t):
     mu, sigma = path.mu(t).reshape(-1, 1), path.sigma(t).reshape(-1, 1)
     d = x.shape[1]
-    return (-((x - mu * x_bar) ** 2).sum(1) / (2 * sigma[:, 0] ** 2) - d * torch.log(sigma[:, 0])
-            - 0.5 * d * math.log(2 * math.pi))
+    return (
+        -((x - mu * x_bar) ** 2).sum(1) / (2 * sigma[:, 0] ** 2)
+        - d * torch.log(sigma[:, 0])
+        - 0.5 * d * math.log(2 * math.pi)
+    )
 
 
 @pytest.mark.parametrize("path", PATHS, ids=repr)

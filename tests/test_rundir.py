@@ -1,5 +1,6 @@
 """Run directories: a different run is refused before anything is written, one process at a time, explicit
 --resume / --force, a user's own folder left alone."""
+
 import json
 import warnings
 
@@ -14,8 +15,18 @@ from vpfb.training.rundir import RunDirectoryError, claim
 
 
 def tiny(*overrides):
-    return load_config(None, ["model.hidden=8", "model.depth=1", "train.steps=4", "train.batch_size=16",
-                              "eval.calibrate=false", "loss.partition_weight=0", *overrides])
+    return load_config(
+        None,
+        [
+            "model.hidden=8",
+            "model.depth=1",
+            "train.steps=4",
+            "train.batch_size=16",
+            "eval.calibrate=false",
+            "loss.partition_weight=0",
+            *overrides,
+        ],
+    )
 
 
 def points(seed=0):
@@ -45,11 +56,14 @@ def test_the_same_run_again_resumes_it_and_changes_nothing_it_trained(finished):
     assert (finished / "model.safetensors").read_bytes() == before
 
 
-@pytest.mark.parametrize("change,named", [
-    ({"overrides": ["train.lr=0.01"]}, "train.lr: 0.003 → 0.01"),
-    ({"overrides": ["train.steps=8"]}, "train.steps: 4 → 8"),
-    ({"seed": 1}, "the training data differ"),
-])
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        ({"overrides": ["train.lr=0.01"]}, "train.lr: 0.003 → 0.01"),
+        ({"overrides": ["train.steps=8"]}, "train.steps: 4 → 8"),
+        ({"seed": 1}, "the training data differ"),
+    ],
+)
 def test_a_different_run_is_refused_and_nothing_is_touched(finished, change, named):
     before = snapshot(finished)
     with pytest.raises(RunDirectoryError, match="holds a different run") as err:
@@ -115,8 +129,18 @@ def test_the_command_line_refuses_names_the_way_out_and_takes_force(tmp_path, ca
     import numpy as np
 
     np.save(data, points().numpy())
-    argv = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "model.hidden=8", "model.depth=1",
-            "train.batch_size=16", "eval.calibrate=false", "loss.partition_weight=0"]
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "model.hidden=8",
+        "model.depth=1",
+        "train.batch_size=16",
+        "eval.calibrate=false",
+        "loss.partition_weight=0",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main([*argv, "--steps", "3"]) == 0

@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import GaussianTruth
+
 from vpfb.likelihood import divergence, grid_log_normaliser, log_likelihood
 from vpfb.paths import LinearPath, LogHomotopyPath
 from vpfb.sampling import ADAPTIVE, SolverError, integrate, sample_langevin, sample_ode
@@ -53,9 +53,11 @@ def test_adaptive_solver_counts_evaluations_and_saves_trajectory():
 
 def reading_times(field, log):
     """The field, recording the times it is read at."""
+
     def recorded(x, t):
         log.append(t[0].item())
         return field(x, t)
+
     return recorded
 
 
@@ -129,8 +131,9 @@ def test_hutchinson_cnf_likelihood_is_unbiased_for_a_correlated_gaussian():
     field = lambda x, t: truth.velocity(x, t)  # noqa: E731
     exact = truth.log_density(x1, torch.ones(8, dtype=torch.float64))
     g = torch.Generator().manual_seed(0)
-    draws = torch.stack([log_likelihood(field, x1, hutchinson=True, rtol=1e-6, atol=1e-6, generator=g)
-                         for _ in range(200)])
+    draws = torch.stack(
+        [log_likelihood(field, x1, hutchinson=True, rtol=1e-6, atol=1e-6, generator=g) for _ in range(200)]
+    )
     assert draws.std(0).min() > 1e-3  # not exact: the probes matter
     torch.testing.assert_close(draws.mean(0), exact, atol=(4 * draws.std(0) / 200**0.5).max().item(), rtol=0)
     again = [log_likelihood(field, x1, hutchinson=True, generator=torch.Generator().manual_seed(1)) for _ in "ab"]
@@ -158,8 +161,14 @@ def test_grid_normaliser_of_gaussian():
 def test_langevin_reaches_gaussian_mean_and_variance(metropolis, step, tol):
     log_p = lambda x: -0.5 * ((x - M) ** 2 / S**2).sum(1)  # noqa: E731
     gen = torch.Generator().manual_seed(1)
-    res = sample_langevin(log_p, torch.zeros(4000, 2), steps=1000, step_size=step * S.min().item() ** 2,
-                          metropolis=metropolis, generator=gen)
+    res = sample_langevin(
+        log_p,
+        torch.zeros(4000, 2),
+        steps=1000,
+        step_size=step * S.min().item() ** 2,
+        metropolis=metropolis,
+        generator=gen,
+    )
     torch.testing.assert_close(res.x.mean(0), M, atol=tol * 2, rtol=0)
     torch.testing.assert_close(res.x.std(0), S, atol=0, rtol=tol)
     assert res.mean_grad_sq.shape == (1000,)
@@ -193,8 +202,9 @@ def test_annealed_langevin_follows_a_moving_gaussian_and_adapts_its_step():
     log_p = lambda x, t: -0.5 * ((x - t * m) ** 2 / v(t)).sum(1)  # noqa: E731
     times = [0.1 * k for k in range(1, 10)]
     g = torch.Generator().manual_seed(4)
-    res = annealed_langevin(log_p, torch.randn(4000, 2, generator=g), times, [0.5 * min(v(t)).item() for t in times],
-                            40, generator=g)
+    res = annealed_langevin(
+        log_p, torch.randn(4000, 2, generator=g), times, [0.5 * min(v(t)).item() for t in times], 40, generator=g
+    )
     torch.testing.assert_close(res.x.mean(0), 0.9 * m, atol=0.1, rtol=0)
     torch.testing.assert_close(res.x.std(0), v(0.9).sqrt(), atol=0, rtol=0.06)
     assert len(res.acceptance) == 9 and abs(res.acceptance[-1] - 0.574) < 0.15
@@ -219,10 +229,12 @@ def test_bits_per_dim_of_an_analytic_gaussian_potential_matches_the_exact_value(
     truth = GaussianTruth(LinearPath(), torch.linspace(-0.3, 0.3, 16), s=torch.linspace(0.2, 0.5, 16))
     y = truth.sample_data(400, generator=g)
     exact, _ = bits_per_dim(truth.log_density(y, torch.ones(400)), 16)
-    estimate, se = bits_per_dim(log_likelihood(truth.velocity, y, hutchinson=True, generator=g, rtol=1e-4,
-                                               atol=1e-4), 16)
+    estimate, se = bits_per_dim(
+        log_likelihood(truth.velocity, y, hutchinson=True, generator=g, rtol=1e-4, atol=1e-4), 16
+    )
     assert se > 0 and abs(estimate - exact) < 3 * se
-    assert abs(exact - (-truth.log_density(y, torch.ones(400)).mean().item() / 16 + math.log(127.5)) / math.log(2)) \
-        < 1e-6
+    assert (
+        abs(exact - (-truth.log_density(y, torch.ones(400)).mean().item() / 16 + math.log(127.5)) / math.log(2)) < 1e-6
+    )
     with pytest.raises(ValueError, match="one log-density per image"):
         bits_per_dim(torch.zeros(1), 16)

@@ -75,8 +75,13 @@ def test_resume_inside_the_ema_warmup_is_exact(tmp_path):
     cfg = TrainConfig(steps=30, batch_size=32, log_every=5, checkpoint_every=10, ema=0.999)
     whole = train(*setup(), cfg, progress_bar=False)
     with pytest.raises(KeyboardInterrupt):  # the checkpoint of step 10 holds an EMA still on its ramp (β ≈ 0.5)
-        train(*setup(), dataclasses.replace(cfg, sample_every=1), progress_bar=False, run_dir=tmp_path,
-              callback=interrupt_at(15))
+        train(
+            *setup(),
+            dataclasses.replace(cfg, sample_every=1),
+            progress_bar=False,
+            run_dir=tmp_path,
+            callback=interrupt_at(15),
+        )
     resumed = train(*setup(), cfg, progress_bar=False, run_dir=tmp_path)
     assert resumed.resumed_from == 10 and ema_decay(cfg, 10) < cfg.ema
     assert torch.equal(flat(resumed.ema), flat(whole.ema))
@@ -103,8 +108,10 @@ def test_time_budget_stops_training():
 def test_divergence_is_reported_clearly():
     potential, _, data = setup()
     bad = lambda pot, x: LossOutput(pot(x, torch.rand(len(x))).mean() * float("nan"), {})  # noqa: E731
-    with pytest.warns(UserWarning, match="restored the state of step 0"), \
-            pytest.raises(FloatingPointError, match="loss became nan at step 1"):
+    with (
+        pytest.warns(UserWarning, match="restored the state of step 0"),
+        pytest.raises(FloatingPointError, match="loss became nan at step 1"),
+    ):
         train(potential, bad, data, TrainConfig(steps=5), progress_bar=False)
 
 
@@ -156,6 +163,7 @@ def nan_at(loss, bad_steps):
     def fn(potential, x):
         out = loss(potential, x)
         return LossOutput(out.loss * float("nan"), out.parts) if next(calls) in bad_steps else out
+
     return fn
 
 
@@ -176,8 +184,9 @@ def test_nan_guard_gives_up_after_max_restores():
     gives_up = r"loss became nan at step 3 .*after 2 restore\(s\) of the state of step 2\. Lower"
     with pytest.warns(UserWarning) as caught, pytest.raises(FloatingPointError, match=gives_up):
         train(potential, nan_at(loss, set(range(3, 21))), data, cfg, progress_bar=False)
-    assert [str(w.message).split(":")[0] for w in caught] == [f"non-finite loss or gradient at step {s}"
-                                                               for s in (3, 4)]
+    assert [str(w.message).split(":")[0] for w in caught] == [
+        f"non-finite loss or gradient at step {s}" for s in (3, 4)
+    ]
 
 
 def test_nan_guard_ends_a_run_that_fails_every_other_step(tmp_path):
@@ -188,8 +197,10 @@ def test_nan_guard_ends_a_run_that_fails_every_other_step(tmp_path):
         train(potential, nan_at(loss, set(range(11, 201, 2))), data, cfg, progress_bar=False, run_dir=tmp_path)
     assert len(caught) == 3  # steps 11, 13, 15 restored; the fourth failure, at 17, ends the run
     saved = checkpoint.load_latest(tmp_path)  # the last good state, also left in the potential
-    assert saved.step == 10 and torch.equal(flat(potential), torch.cat([saved.tensors[f"model.{name}"].flatten()
-                                                                        for name, _ in potential.named_parameters()]))
+    assert saved.step == 10 and torch.equal(
+        flat(potential),
+        torch.cat([saved.tensors[f"model.{name}"].flatten() for name, _ in potential.named_parameters()]),
+    )
 
 
 def test_a_non_finite_gradient_with_a_finite_loss_is_caught():
@@ -209,8 +220,15 @@ def test_a_batch_source_is_drawn_with_the_trainers_generator_and_resumes_exactly
 
     potential, loss, data = setup()
     with pytest.raises(KeyboardInterrupt):  # at step 25, after its row is logged; the newest checkpoint is step 20
-        train(potential, loss, RowSource(data), dataclasses.replace(cfg, sample_every=1), progress_bar=False,
-              run_dir=tmp_path, callback=interrupt_at(25))
+        train(
+            potential,
+            loss,
+            RowSource(data),
+            dataclasses.replace(cfg, sample_every=1),
+            progress_bar=False,
+            run_dir=tmp_path,
+            callback=interrupt_at(25),
+        )
     potential, loss, data = setup()
     resumed = train(potential, loss, RowSource(data), cfg, progress_bar=False, run_dir=tmp_path)
     assert resumed.resumed_from == 20 and [r["step"] for r in resumed.history] == [25, 30]
@@ -226,6 +244,7 @@ def test_the_callback_sees_the_ema_every_sample_every_steps_and_leaves_training_
     def sample(step, ema):
         calls.append((step, ema))
         torch.randn(100)  # a sampler draws noise: that must not shift the training noise
+
     cfg = TrainConfig(steps=20, batch_size=32, sample_every=5)
     with_callback = train(*setup(), cfg, progress_bar=False, callback=sample)
     without = train(*setup(), cfg, progress_bar=False)
@@ -259,13 +278,16 @@ def test_compiled_bf16_training_on_cuda():
     assert all(math.isfinite(row["loss"]) for row in result.history)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"clip_mode": "value"}, "train.clip_mode must be one of"),
-    ({"amp": "fp16"}, "train.amp must be one of"),
-    ({"checkpoint_every": 0}, "train.checkpoint_every must be at least 1"),
-    ({"max_restores": -1}, "train.max_restores must be at least 0"),
-    ({"compile": True, "amp": "bf16"}, "train.compile=true with train.amp=bf16 on the CPU"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"clip_mode": "value"}, "train.clip_mode must be one of"),
+        ({"amp": "fp16"}, "train.amp must be one of"),
+        ({"checkpoint_every": 0}, "train.checkpoint_every must be at least 1"),
+        ({"max_restores": -1}, "train.max_restores must be at least 0"),
+        ({"compile": True, "amp": "bf16"}, "train.compile=true with train.amp=bf16 on the CPU"),
+    ],
+)
 def test_bad_settings_are_clear_errors(change, message):
     with pytest.raises(ValueError, match=message):
         train(*setup(), TrainConfig(steps=2, **change), progress_bar=False)

@@ -1,8 +1,9 @@
 """A trained potential against docs/method.md §8: correlated Gaussian data, so the network has to learn something."""
+
 import pytest
 import torch
-
 from conftest import GaussianTruth
+
 from vpfb.config import load_config
 from vpfb.fit import fit
 from vpfb.likelihood import grid_log_normaliser
@@ -17,8 +18,10 @@ def fit_on_gaussian(overrides: list[str] = ()):
     closed form of the data in the units the model trains in, z = (x − mean)/std: N((M − mean)/std, D⁻¹ΣD⁻¹)."""
     torch.manual_seed(0)
     data = GaussianTruth(LinearPath(), M, cov=COV).sample_data(50_000)
-    cfg = load_config(None, ["model.hidden=128", "model.depth=2", "train.steps=3000", "train.lr=0.003",
-                             "train.batch_size=512", *overrides])
+    cfg = load_config(
+        None,
+        ["model.hidden=128", "model.depth=2", "train.steps=3000", "train.lr=0.003", "train.batch_size=512", *overrides],
+    )
     model = fit(cfg, points=data, progress_bar=False)
     st = model.standardizer
     return model, GaussianTruth(model.path, (M - st.mean) / st.std, cov=COV / torch.outer(st.std, st.std))

@@ -2,6 +2,7 @@
 
 `import vpfb` stays light (torch only); the model handle and its dependencies load on first use.
 """
+
 __version__ = "0.1.0"
 __all__ = ["EnergyModel", "load", "__version__"]
 

@@ -1,4 +1,5 @@
 """Command line: vpfb train | sample | eval | demo."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,7 @@ import torch
 
 from vpfb.config import Config, load_config, presets
 from vpfb.data import TOY_DATASETS, load_data, sample_toy, toy_log_density
-from vpfb.model import IMAGE_ARCHITECTURES
+from vpfb.factory import IMAGE_ARCHITECTURES
 from vpfb.sampling import SolverError
 from vpfb.training.checkpoint import CorruptCheckpointError
 from vpfb.training.trainer import torch_threads
@@ -39,8 +40,10 @@ def train_and_report(cfg: Config, out: Path, progress_bar: bool = True, existing
     # a point model is small: one thread for the whole command (the report too), unless train.threads says otherwise,
     # so that a busy second core does not slow it several-fold (as vpfb.training.trainer.cpu_threads; BENCHMARKS.md)
     with torch_threads(cfg.train.threads or 1):
-        print(f"training on {len(train_points)} points of dimension {train_points.shape[1]} from {cfg.data.name!r}; "
-              f"run directory {out}")
+        print(
+            f"training on {len(train_points)} points of dimension {train_points.shape[1]} from {cfg.data.name!r}; "
+            f"run directory {out}"
+        )
         model = fit(cfg, out, train_points, progress_bar, existing)
         scored, split = (test_points, "test") if test_points is not None else (train_points, "training")
         if model.dim == 2:
@@ -53,8 +56,9 @@ def train_and_report(cfg: Config, out: Path, progress_bar: bool = True, existing
         metrics = {"split": split, **metrics}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if test_points is None:
-            print(f"fewer than 50 points: none held out, so these metrics are on the {len(train_points)} training "
-                  f"points")
+            print(
+                f"fewer than 50 points: none held out, so these metrics are on the {len(train_points)} training points"
+            )
         print(f"{split} metrics (nats per point, lower is better):")
         for key, value in metrics.items():
             if key != "split":
@@ -73,14 +77,16 @@ def cmd_train(args) -> None:
     out = Path(args.out or Path("runs") / Path(cfg.data.name).stem)
     if cfg.model.architecture not in IMAGE_ARCHITECTURES:
         return train_and_report(cfg, out, existing=run_policy(args))
-    from vpfb.fit import fit
     from vpfb import distributed
+    from vpfb.fit import fit
 
     world = distributed.init(cfg.train.device)  # under torchrun: one process per GPU, before the model is built
     try:
         if world.is_main:
-            print(f"training {cfg.model.architecture} on {cfg.data.name!r} in {world.size} process(es); "
-                  f"run directory {out}")
+            print(
+                f"training {cfg.model.architecture} on {cfg.data.name!r} in {world.size} process(es); "
+                f"run directory {out}"
+            )
         fit(cfg, out, existing=run_policy(args))
         if world.is_main:
             print(f"samples: {out}/samples.png")
@@ -96,8 +102,9 @@ def run_policy(args) -> str:
 
 
 def add_run_directory_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", action="store_true", help="continue the run in --out even if its settings or data "
-                                                         "differ from these")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out even if its settings or data differ from these"
+    )
     p.add_argument("--force", action="store_true", help="discard the run in --out and start afresh")
 
 
@@ -111,8 +118,10 @@ def check_sample_count(n: int, dim: int) -> None:
     except (ValueError, OSError, AttributeError):  # not every platform says
         return
     if need > free:
-        raise ValueError(f"-n {n} needs about {need / 2**30:.1f} GiB for the solver's states, more than the "
-                         f"{free / 2**30:.1f} GiB free: draw fewer samples per call")
+        raise ValueError(
+            f"-n {n} needs about {need / 2**30:.1f} GiB for the solver's states, more than the "
+            f"{free / 2**30:.1f} GiB free: draw fewer samples per call"
+        )
 
 
 def cmd_sample(args) -> None:
@@ -120,8 +129,7 @@ def cmd_sample(args) -> None:
 
     model = load(args.run)
     check_sample_count(args.n, model.dim)
-    x = model.sample(args.n, solver=args.solver, steps=args.steps,
-                     generator=torch.Generator().manual_seed(args.seed))
+    x = model.sample(args.n, solver=args.solver, steps=args.steps, generator=torch.Generator().manual_seed(args.seed))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
@@ -132,8 +140,9 @@ def cmd_sample(args) -> None:
         save_image_grid(x, out)
     elif out.suffix == ".png":
         if model.dim != 2:
-            raise ValueError(f"a .png of samples needs 2-D points or images; this model has dimension {model.dim}, "
-                             f"use .npy")
+            raise ValueError(
+                f"a .png of samples needs 2-D points or images; this model has dimension {model.dim}, use .npy"
+            )
         from vpfb import plots
 
         fig, ax = plots.figure(1)
@@ -145,10 +154,10 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from vpfb import distributed
     from vpfb.evaluation.fid import STANDARD_SAMPLES
     from vpfb.evaluation.tasks import evaluate
     from vpfb.model import load
-    from vpfb import distributed
 
     world = distributed.init(args.device)  # under torchrun: one process per GPU; fid shares its samples out
     try:
@@ -164,8 +173,13 @@ def cmd_eval(args) -> None:
             if args.scores:
                 options["scores"] = tuple(args.scores)
         if args.task == "fid":
-            options = {"extractor": args.extractor, "extractor_path": args.extractor_path, "solver": args.solver,
-                       "steps": args.steps, "cache_dir": args.cache_dir}
+            options = {
+                "extractor": args.extractor,
+                "extractor_path": args.extractor_path,
+                "solver": args.solver,
+                "steps": args.steps,
+                "cache_dir": args.cache_dir,
+            }
         if args.n is None:
             args.n = STANDARD_SAMPLES if args.task == "fid" else 64
         result = evaluate(model, args.task, out, args.n, args.seed, **options)
@@ -178,8 +192,10 @@ def cmd_eval(args) -> None:
         for row in result["rows"]:
             print(f"| {row['ood']} | {row['score']} | {row['auroc']:.3f} | {row['aupr']:.3f} | {row['fpr95']:.3f} |")
     elif args.task == "fid":
-        print(f"FID {result['fid']:.3f}: {result['samples']} samples against {result['reference']['images']} "
-              f"{result['reference']['dataset']} training images, features {result['extractor']}")
+        print(
+            f"FID {result['fid']:.3f}: {result['samples']} samples against {result['reference']['images']} "
+            f"{result['reference']['dataset']} training images, features {result['extractor']}"
+        )
     elif args.task == "likelihood":
         print(f"bits/dim {result['bits_per_dim']:.3f} ± {result['standard_error']:.3f} on {result['images']} images")
     print(f"wrote {out}/{args.task}.json and its pictures")
@@ -191,8 +207,10 @@ def cmd_demo(args) -> None:
     metrics = train_and_report(cfg, Path(args.out), existing=run_policy(args))
     print(f"pictures: {args.out}/trajectories.png, {args.out}/boltzmann.png, {args.out}/density.png")
     if "true_nll" in metrics:
-        print(f"gap to the true density: CNF {metrics['cnf_nll'] - metrics['true_nll']:+.3f} nats, "
-              f"energy {metrics['energy_nll'] - metrics['true_nll']:+.3f} nats")
+        print(
+            f"gap to the true density: CNF {metrics['cnf_nll'] - metrics['true_nll']:+.3f} nats, "
+            f"energy {metrics['energy_nll'] - metrics['true_nll']:+.3f} nats"
+        )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -200,8 +218,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model", description=f"presets: {', '.join(presets())}")
     t.add_argument("config", nargs="?", default=None, help="preset name or YAML file (default: built-in defaults)")
-    t.add_argument("--data", help=f"toy set ({', '.join(TOY_DATASETS)}) or a .npy/.npz/.csv file of points; for image "
-                                  f"presets an image set, folder or .npy/.npz array")
+    t.add_argument(
+        "--data",
+        help=f"toy set ({', '.join(TOY_DATASETS)}) or a .npy/.npz/.csv file of points; for image "
+        f"presets an image set, folder or .npy/.npz array",
+    )
     t.add_argument("--out", help="run directory (default runs/<data>)")
     t.add_argument("--steps", type=int, help="training steps")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-3")
@@ -218,10 +239,18 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a trained image model: a table and a picture per task")
     e.add_argument("run", help="run directory")
     e.add_argument("--task", required=True, help="fid, likelihood, ood, interpolation, composition or longrun")
-    e.add_argument("-n", type=int, default=None, help="fid: samples (default 50,000); other tasks: images used "
-                                                      "(likelihood, ood) or drawn (pictures; default 64)")
-    e.add_argument("--extractor", default="inception", help="fid: inception (torchmetrics + torch-fidelity) or "
-                                                           "mnist (MnistFeatures weights from --extractor-path)")
+    e.add_argument(
+        "-n",
+        type=int,
+        default=None,
+        help="fid: samples (default 50,000); other tasks: images used "
+        "(likelihood, ood) or drawn (pictures; default 64)",
+    )
+    e.add_argument(
+        "--extractor",
+        default="inception",
+        help="fid: inception (torchmetrics + torch-fidelity) or mnist (MnistFeatures weights from --extractor-path)",
+    )
     e.add_argument("--extractor-path", help="fid: safetensors weights of the mnist extractor")
     e.add_argument("--cache-dir", help="fid: reference statistics cache (default $VPFB_CACHE/fid, ~/.cache/vpfb/fid)")
     e.add_argument("--solver", default=None, help="fid: the sampler's ODE solver (default: the run's eval.solver)")
@@ -229,15 +258,21 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", type=int, nargs=2, help="composition: the two classes to compose")
     e.add_argument("--t-end", type=float, default=20.0, help="longrun: how long to run (the paper's 20)")
     e.add_argument("--step-size", type=float, default=0.02, help="longrun: the step h (the paper's 0.02)")
-    e.add_argument("--protocol", default="synthetic",
-                   help="ood: cifar10 (the paper's: SVHN, CIFAR-100, CelebA, interpolations), mnist, "
-                        "fashion-mnist, or synthetic (the run's data against noise, constant, inverted, rotated)")
-    e.add_argument("--data-root", help="ood: where the protocol's sets live (default: the run's data.root, "
-                                       "$VPFB_DATA)")
+    e.add_argument(
+        "--protocol",
+        default="synthetic",
+        help="ood: cifar10 (the paper's: SVHN, CIFAR-100, CelebA, interpolations), mnist, "
+        "fashion-mnist, or synthetic (the run's data against noise, constant, inverted, rotated)",
+    )
+    e.add_argument("--data-root", help="ood: where the protocol's sets live (default: the run's data.root, $VPFB_DATA)")
     e.add_argument("--download", action="store_true", help="ood: let torchvision fetch missing sets")
-    e.add_argument("--scores", nargs="+", help="ood: the scores to compare (default: all of log_density, "
-                                               "energy_multiscale, likelihood, likelihood_complexity, "
-                                               "energy_complexity, grad_norm, boltzmann that apply)")
+    e.add_argument(
+        "--scores",
+        nargs="+",
+        help="ood: the scores to compare (default: all of log_density, "
+        "energy_multiscale, likelihood, likelihood_complexity, "
+        "energy_complexity, grad_norm, boltzmann that apply)",
+    )
     e.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each process's own GPU)")
     e.add_argument("--out", help="output folder (default RUN/eval)")
     e.add_argument("--seed", type=int, default=0)
@@ -261,8 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     # bad input, a missing optional extra, a run whose every checkpoint is damaged: one line, no traceback
     # (and a run that diverged beyond the NaN guard, a solve that cannot finish)
-    except (ValueError, FileNotFoundError, ImportError, CorruptCheckpointError, FloatingPointError,
-            SolverError) as err:
+    except (ValueError, FileNotFoundError, ImportError, CorruptCheckpointError, FloatingPointError, SolverError) as err:
         print(f"vpfb: error: {err}", file=sys.stderr)
         return 2
     return 0

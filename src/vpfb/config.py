@@ -1,4 +1,5 @@
 """Typed run configuration: dataclasses, YAML presets, dotted `key=value` overrides, validation with clear errors."""
+
 from __future__ import annotations
 
 import dataclasses

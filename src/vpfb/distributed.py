@@ -15,12 +15,14 @@ unaveraged, silently, for as many steps as it ran; calling the module's methods 
 all-reduce of all gradients after backward matched a single process on the whole batch to 2e-9 for every loss
 and entry point; it gives up only DDP's overlap of communication with the backward pass.
 """
+
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -110,8 +112,11 @@ class World:
             raise ValueError("average_gradients: the module has no parameters that require gradients")
         like = params[0]
         present = torch.tensor([p.grad is not None for p in params], dtype=like.dtype, device=like.device)
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
-                         + [present] + [s.detach().reshape(1).to(like.device) for s in scalars])
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+            + [present]
+            + [s.detach().reshape(1).to(like.device) for s in scalars]
+        )
         total = self.all_reduce_sum(flat) / self.size
         *grads, present, means = total.split([p.numel() for p in params] + [len(params), len(scalars)])
         for p, grad, seen in zip(params, grads, present.tolist()):
@@ -142,17 +147,22 @@ class World:
         own = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             own["cuda"] = torch.cuda.get_rng_state(device)
-        return {f"rng.rank.{r}.{name}": state.cpu()
-                for name, state in own.items() for r, state in enumerate(self.all_gather(state))}
+        return {
+            f"rng.rank.{r}.{name}": state.cpu()
+            for name, state in own.items()
+            for r, state in enumerate(self.all_gather(state))
+        }
 
     def restore_rng_states(self, tensors: Mapping[str, Tensor], device: torch.device, source: str) -> None:
         """Set this rank's torch (and CUDA) RNG to its state among `tensors` (from gather_rng_states); warn when the
         checkpoint was written by a different number of processes, whose noise cannot be continued exactly."""
         written_by = sum(k.startswith("rng.rank.") and k.endswith(".torch") for k in tensors) or 1
         if written_by != self.size and self.is_main:
-            warnings.warn(f"{source} was written by {written_by} process(es) and is resumed by {self.size}: the "
-                          f"batches continue exactly, the noise of the loss differs from an uninterrupted run",
-                          stacklevel=2)
+            warnings.warn(
+                f"{source} was written by {written_by} process(es) and is resumed by {self.size}: the "
+                f"batches continue exactly, the noise of the loss differs from an uninterrupted run",
+                stacklevel=2,
+            )
         own = f"rng.rank.{self.rank}."
         if self.size == 1 or own + "torch" not in tensors:
             return
@@ -173,8 +183,10 @@ def init(device: str | torch.device | None = None) -> World:
     kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":
         if env["LOCAL_RANK"] >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={env['LOCAL_RANK']} but this machine shows "
-                               f"{torch.cuda.device_count()} GPU(s); start at most that many processes per node")
+            raise RuntimeError(
+                f"LOCAL_RANK={env['LOCAL_RANK']} but this machine shows "
+                f"{torch.cuda.device_count()} GPU(s); start at most that many processes per node"
+            )
         torch.cuda.set_device(env["LOCAL_RANK"])
     dist.init_process_group("nccl" if kind == "cuda" else "gloo", rank=env["RANK"], world_size=env["WORLD_SIZE"])
     return current()
@@ -203,13 +215,16 @@ def read_env() -> dict[str, int]:
     raw = {name: os.environ.get(name, "") for name in ENV}
     bad = [f"{name}={value!r}" for name, value in raw.items() if not value.strip().isdigit()]
     if bad:
-        raise ValueError(f"torchrun's environment must hold non-negative integers, got {', '.join(bad)}; start the "
-                         f"processes with torchrun")
+        raise ValueError(
+            f"torchrun's environment must hold non-negative integers, got {', '.join(bad)}; start the "
+            f"processes with torchrun"
+        )
     values = {name: int(value) for name, value in raw.items()}
     if not values["RANK"] < values["WORLD_SIZE"]:
         raise ValueError(f"RANK={values['RANK']} must be below WORLD_SIZE={values['WORLD_SIZE']}")
     missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
     if missing:
-        raise ValueError(f"WORLD_SIZE={values['WORLD_SIZE']} but {' and '.join(missing)} unset; start the processes "
-                         f"with torchrun")
+        raise ValueError(
+            f"WORLD_SIZE={values['WORLD_SIZE']} but {' and '.join(missing)} unset; start the processes with torchrun"
+        )
     return values

@@ -1,4 +1,5 @@
 """File helpers below every module: all-or-nothing writes and checksums of named tensors."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Likelihoods: the continuous-normalising-flow log-likelihood and a 2-D grid normaliser for any log-density."""
+
 from __future__ import annotations
 
 import math
@@ -25,10 +26,19 @@ def divergence(v: Tensor, x: Tensor, noise: Tensor | None = None) -> Tensor:
     return div
 
 
-def log_likelihood(field: Field, x1: Tensor, t0: float = 0.0, t1: float = 1.0, prior_std: float = 1.0,
-                   hutchinson: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
-                   method: str = "dopri5", generator: torch.Generator | None = None,
-                   max_nfe: int = MAX_NFE) -> Tensor:
+def log_likelihood(
+    field: Field,
+    x1: Tensor,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    prior_std: float = 1.0,
+    hutchinson: bool = False,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    generator: torch.Generator | None = None,
+    max_nfe: int = MAX_NFE,
+) -> Tensor:
     """log p₁(x₁) = log N(x₀; 0, prior_std² I) − ∫ ∇·v(x_t, t) dt, integrating the flow back from t1 to t0.
 
     `field(x, t)` must be differentiable in x (for a potential: v = ∇Φ with create_graph=True). The solve stops with
@@ -49,16 +59,18 @@ def log_likelihood(field: Field, x1: Tensor, t0: float = 0.0, t1: float = 1.0, p
 
     times = torch.tensor([t1, t0], dtype=x1.dtype, device=x1.device)
     zero = torch.zeros(x1.shape[0], dtype=x1.dtype, device=x1.device)
-    xs, integral = odeint(dynamics, (x1.detach(), zero), times, method=method, rtol=rtol, atol=atol,
-                            options=end_inside(method, times))
+    xs, integral = odeint(
+        dynamics, (x1.detach(), zero), times, method=method, rtol=rtol, atol=atol, options=end_inside(method, times)
+    )
     x0, delta = xs[-1], integral[-1]  # delta = ∫_{t1}^{t0} ∇·v dt = −∫_{t0}^{t1} ∇·v dt
     dim = x0[0].numel()
     log_prior = -0.5 * (x0.flatten(1) ** 2).sum(1) / prior_std**2 - dim * math.log(prior_std * math.sqrt(2 * math.pi))
     return log_prior + delta
 
 
-def grid_log_normaliser(log_density: Callable[[Tensor], Tensor], low: Tensor, high: Tensor,
-                        points: int = 400, batch: int = 20000) -> Tensor:
+def grid_log_normaliser(
+    log_density: Callable[[Tensor], Tensor], low: Tensor, high: Tensor, points: int = 400, batch: int = 20000
+) -> Tensor:
     """log ∫ exp(log_density) over the 2-D box [low, high] by the midpoint rule on points × points cells."""
     low, high = torch.as_tensor(low, dtype=torch.float64), torch.as_tensor(high, dtype=torch.float64)
     if low.shape != (2,) or high.shape != (2,) or not bool((high > low).all()):

@@ -5,6 +5,7 @@ J_t[Φ] = E[½‖∇Φ‖² − γ Φ] (the "covariance" estimator, score-free) 
 J_t[Φ] = E[½‖∇Φ‖² − ∇Φ·u] (the "pathwise" estimator, same expectation, far lower variance in high D).
 ``ReleasedVAPOLoss`` is the hybrid the authors' code optimises (docs/method.md §7), kept for reproduction.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,10 @@ class PartitionTerm:
 
     def __init__(self, scale: float = 2.0, times: int = 1, samples: int = 32, t_low: float = 0.5):
         if scale <= 0 or times < 1 or samples < 2 or not 0 <= t_low < 1:
-            raise ValueError(f"partition term: need scale > 0, times ≥ 1, samples ≥ 2, t_low in [0, 1); got "
-                             f"{scale}, {times}, {samples}, {t_low}")
+            raise ValueError(
+                f"partition term: need scale > 0, times ≥ 1, samples ≥ 2, t_low in [0, 1); got "
+                f"{scale}, {times}, {samples}, {t_low}"
+            )
         self.scale, self.times, self.samples, self.t_low = scale, times, samples, t_low
 
     def proposals(self, like: Tensor, t_max: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -111,9 +114,17 @@ class DeepRitzLoss:
     Both estimate the same objective, whose minimiser over gradient fields is the marginal velocity E[u | x, t].
     """
 
-    def __init__(self, path: GaussianPath, estimator: str = "pathwise", weight: str = "snr",
-                 time_sampler: TimeSampler | None = None, control_variate: bool = False, snr_floor: float = 0.2,
-                 partition_weight: float = 0.0, partition_scale: float = 2.0):
+    def __init__(
+        self,
+        path: GaussianPath,
+        estimator: str = "pathwise",
+        weight: str = "snr",
+        time_sampler: TimeSampler | None = None,
+        control_variate: bool = False,
+        snr_floor: float = 0.2,
+        partition_weight: float = 0.0,
+        partition_scale: float = 2.0,
+    ):
         if estimator not in ("pathwise", "covariance"):
             raise ValueError(f"unknown estimator {estimator!r}; choose 'pathwise' or 'covariance'")
         if snr_floor <= 0:
@@ -127,8 +138,9 @@ class DeepRitzLoss:
         self.partition_weight = partition_weight
         self.partition = PartitionTerm(partition_scale) if partition_weight > 0 else None
 
-    def __call__(self, potential: Potential, x_bar: Tensor, t: Tensor | None = None,
-                 eps: Tensor | None = None) -> LossOutput:
+    def __call__(
+        self, potential: Potential, x_bar: Tensor, t: Tensor | None = None, eps: Tensor | None = None
+    ) -> LossOutput:
         if t is None:
             t = self.time_sampler(x_bar.shape[0], x_bar.device, x_bar.dtype)
         s = self.path.sample(x_bar, t, eps)
@@ -176,14 +188,20 @@ class ReleasedVAPOLoss:
     Its optimum is not the homotopy velocity at late t.
     """
 
-    def __init__(self, path: GaussianPath, time_sampler: TimeSampler | None = None,
-                 dirichlet_weight: float = 0.5, time_grad_weight: float = 0.1):
+    def __init__(
+        self,
+        path: GaussianPath,
+        time_sampler: TimeSampler | None = None,
+        dirichlet_weight: float = 0.5,
+        time_grad_weight: float = 0.1,
+    ):
         self.path = path
         self.time_sampler = time_sampler or TimeSampler()
         self.dirichlet_weight, self.time_grad_weight = dirichlet_weight, time_grad_weight
 
-    def __call__(self, potential: Potential, x_bar: Tensor, t: Tensor | None = None,
-                 eps: Tensor | None = None) -> LossOutput:
+    def __call__(
+        self, potential: Potential, x_bar: Tensor, t: Tensor | None = None, eps: Tensor | None = None
+    ) -> LossOutput:
         if t is None:
             t = self.time_sampler(x_bar.shape[0], x_bar.device, x_bar.dtype)
         s = self.path.sample(x_bar, t, eps)
@@ -199,8 +217,16 @@ class ReleasedVAPOLoss:
         norms = (v.flatten(1).norm(dim=1) * s.u.flatten(1).norm(dim=1)).clamp_min(1e-12)
         align = -(flat_dot(v, s.u) / (dim * norms ** t.detach())).mean()
         loss = corr + self.dirichlet_weight * dirichlet + self.time_grad_weight * time_grad + align
-        return LossOutput(loss, {"loss": loss.detach(), "corr": corr.detach(), "dirichlet": dirichlet.detach(),
-                                 "time_grad": time_grad.detach(), "align": align.detach()})
+        return LossOutput(
+            loss,
+            {
+                "loss": loss.detach(),
+                "corr": corr.detach(),
+                "dirichlet": dirichlet.detach(),
+                "time_grad": time_grad.detach(),
+                "align": align.detach(),
+            },
+        )
 
 
 def build_loss(name: str, path: GaussianPath, **kwargs):

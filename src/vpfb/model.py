@@ -1,76 +1,24 @@
 """EnergyModel: a trained potential with its path and data statistics, the user's handle (inputs/outputs in the
 user's data units). Weights live in safetensors, metadata in JSON; loading never unpickles."""
+
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
-from vpfb import __version__
-from vpfb.config import Config, ConfigError, from_dict
+from vpfb.config import Config
 from vpfb.data import Standardizer
-from vpfb.energy import CombinedPotential, boltzmann
-from vpfb.files import atomic_write, digest
+from vpfb.energy import boltzmann, conditioned
 from vpfb.likelihood import bits_per_dim, log_likelihood
-from vpfb.parameterisation import DenoisingEnergy, EnergyPotential, parameterise, with_labels
-from vpfb.paths import build_path, expand_like
-from vpfb.potentials import (AEEnergy, MLPPotential, ScalarHead, UNet, WideResNetPotential, unet_config, value_and_grad,
-                             velocity)
-from vpfb.sampling import (AnnealedResult, LangevinResult, ODESolution, annealed_langevin, integrate,
-                            sample_langevin)
-
-WEIGHTS, METADATA, FORMAT = "model.safetensors", "model.json", 1
-
-
-ARCHITECTURES = ("mlp", "unet", "wideresnet")
-IMAGE_ARCHITECTURES = ("unet", "wideresnet")
-HEADS = {"ae": AEEnergy, "scalar": ScalarHead}
-
-
-def build_network(cfg: Config, shape: tuple[int, ...], num_classes: int | None = None) -> nn.Module:
-    """The scalar network N(x, t[, c]) a config describes, for data of one sample's `shape`."""
-    m = cfg.model
-    if m.architecture not in ARCHITECTURES:
-        raise ConfigError(f"unknown model.architecture {m.architecture!r}; choose one of {ARCHITECTURES}")
-    if (m.architecture == "mlp") != (len(shape) == 1):
-        kind = "points [N, d]" if m.architecture == "mlp" else "images [N, C, H, W]"
-        raise ConfigError(f"model.architecture={m.architecture} takes {kind}, the data has samples of shape {shape}")
-    if m.conditional and m.architecture != "unet":
-        raise ConfigError(f"model.conditional needs model.architecture=unet, got {m.architecture}")
-    if m.architecture == "mlp":
-        return MLPPotential(shape[0], m.hidden, m.depth, m.time_varying)
-    if m.architecture == "wideresnet":
-        if m.time_varying:
-            raise ConfigError("the wideresnet potential is autonomous: set model.time_varying=false")
-        return WideResNetPotential(shape[0], m.depth, m.widen)
-    if m.head not in HEADS:
-        raise ConfigError(f"unknown model.head {m.head!r}; choose one of {sorted(HEADS)}")
-    setting = unet_config(m.network)
-    if (setting["in_channels"], setting["image_size"]) != (shape[0], shape[1]) or shape[1] != shape[2]:
-        raise ConfigError(f"model.network={m.network} takes {setting['in_channels']}×{setting['image_size']}² "
-                          f"images, the data has {shape[0]}×{shape[1]}×{shape[2]} (set data.image_size or choose "
-                          f"another network)")
-    backbone = UNet(**setting, num_classes=num_classes if m.conditional else None, time_varying=m.time_varying,
-                    image_output=m.head == "ae")  # the scalar head reads features: no unused output layers
-    return HEADS[m.head](backbone)
-
-
-def build_potential(cfg: Config, shape: tuple[int, ...] | int, num_classes: int | None = None) -> nn.Module:
-    """The potential a config describes: network, path and parameterisation. The autoencoder head under the energy
-    parameterisation is the autoencoder energy of ψ (DenoisingEnergy), not ψ = −‖x‖²/(2v) + ½μ‖x − U‖²."""
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    net = build_network(cfg, shape, num_classes)
-    path = build_path(cfg.path.name, **cfg.path.kwargs())
-    if cfg.model.parameterisation == "energy" and isinstance(net, AEEnergy):
-        net = DenoisingEnergy(net.backbone, path)
-    return parameterise(cfg.model.parameterisation, net, path)
+from vpfb.parameterisation import EnergyPotential
+from vpfb.paths import expand_like
+from vpfb.potentials import value_and_grad, velocity
+from vpfb.sampling import AnnealedResult, LangevinResult, ODESolution, annealed_langevin, integrate, sample_langevin
+from vpfb.storage import read_model, write_model
 
 
 class EnergyModel:
@@ -79,9 +27,15 @@ class EnergyModel:
     log_density and the samplers read the energy by default: config.eval.density_t, or the value `fit` calibrated
     (kept in model.json, not in the configuration)."""
 
-    def __init__(self, potential: nn.Module, config: Config, standardizer: Standardizer | None = None,
-                 shape: tuple[int, ...] | None = None, num_classes: int | None = None,
-                 read_out_t: float | None = None):
+    def __init__(
+        self,
+        potential: nn.Module,
+        config: Config,
+        standardizer: Standardizer | None = None,
+        shape: tuple[int, ...] | None = None,
+        num_classes: int | None = None,
+        read_out_t: float | None = None,
+    ):
         if standardizer is None and shape is None:
             raise ValueError("an EnergyModel needs the data's standardizer (points) or sample shape (images)")
         self.phi, self.config = potential.eval(), config  # Φ as an nn.Module
@@ -112,25 +66,8 @@ class EnergyModel:
         return self.standardizer.transform(x)
 
     def _labelled(self, labels: Tensor | int | dict | None, n: int):
-        """Φ with labels bound: the given ones, the null label (the unconditional model) when None, or for a dict
-        {label: weight} the combination Σ weight·Φ(·|label) (see vpfb.evaluation.composition)."""
-        if self.num_classes is None:
-            if labels is not None:
-                raise ValueError("this model is unconditional; it takes no labels (composition needs a model "
-                                 "trained with model.conditional=true)")
-            return self.phi
-        if isinstance(labels, dict):
-            return CombinedPotential([self._labelled(c, n) for c in labels], list(labels.values()))
-        if labels is None:
-            labels = self.num_classes
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        if labels.dim() > 1 or (labels.dim() == 1 and len(labels) != n):
-            raise ValueError(f"give one label, or one per sample ({n}), got labels of shape {tuple(labels.shape)}")
-        labels = labels.expand(n)
-        if labels.min() < 0 or labels.max() > self.num_classes:
-            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (or {self.num_classes}, the null label), "
-                             f"got {labels.min().item()}..{labels.max().item()}")
-        return with_labels(self.phi, labels)
+        """Φ for n samples with labels bound (vpfb.energy.conditioned)."""
+        return conditioned(self.phi, self.num_classes, labels, n, self.device)
 
     def _t(self, t: float, n: int) -> Tensor:
         if not 0.0 <= t <= 1.0:
@@ -171,8 +108,9 @@ class EnergyModel:
         blind = isinstance(self.phi, EnergyPotential) and float(self.path.half_g2_mu(torch.tensor([float(t)]))) == 0
         return not blind
 
-    def boltzmann(self, x: Tensor, t: float = 1.0, f_inf: float = -1.0, g_inf: float = 1.0,
-                  labels: Tensor | int | None = None) -> Tensor:
+    def boltzmann(
+        self, x: Tensor, t: float = 1.0, f_inf: float = -1.0, g_inf: float = 1.0, labels: Tensor | int | None = None
+    ) -> Tensor:
         """The paper's Φ_B = (4Φ(z, t) + f_∞‖z‖²)/g_∞² (see vpfb.energy.boltzmann for when to trust it); a
         ValueError where it would not depend on the model (see boltzmann_is_informative)."""
         self._check_boltzmann(t)
@@ -182,38 +120,62 @@ class EnergyModel:
 
     def _check_boltzmann(self, t: float) -> None:
         if not self.boltzmann_is_informative(t):
-            raise ValueError(f"Φ_B is blind for this model: under the energy parameterisation Φ(x, {t:g}) = ½f‖x‖² "
-                             f"for every weight setting (σ({t:g}) = 0 on this path), so Φ_B = ‖x‖² + const carries "
-                             f"nothing learned. Use log_density (the energy ψ), Φ_B at t < 1, or train with "
-                             f"path.sigma_min > 0")
+            raise ValueError(
+                f"Φ_B is blind for this model: under the energy parameterisation Φ(x, {t:g}) = ½f‖x‖² "
+                f"for every weight setting (σ({t:g}) = 0 on this path), so Φ_B = ‖x‖² + const carries "
+                f"nothing learned. Use log_density (the energy ψ), Φ_B at t < 1, or train with "
+                f"path.sigma_min > 0"
+            )
 
-    def log_likelihood(self, x: Tensor, hutchinson: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
-                       labels: Tensor | int | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def log_likelihood(
+        self,
+        x: Tensor,
+        hutchinson: bool = False,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        labels: Tensor | int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """Normalised log p(x) of the flow (CNF: log N(z₀) − ∫ΔΦ dt), in user units; Hutchinson's probes (one
         Rademacher vector per sample) come from `generator`."""
         z = self._z(x)
         phi = self._labelled(labels, len(z))
         field = lambda y, t: velocity(phi, y, t, create_graph=True)  # noqa: E731
         prior_std = float(self.path.sigma(torch.zeros(1)))  # a number: the path is device-free
-        return log_likelihood(field, z, prior_std=prior_std, hutchinson=hutchinson, rtol=rtol, atol=atol,
-                              generator=generator) - self.standardizer.log_abs_det()
+        return (
+            log_likelihood(
+                field, z, prior_std=prior_std, hutchinson=hutchinson, rtol=rtol, atol=atol, generator=generator
+            )
+            - self.standardizer.log_abs_det()
+        )
 
-    def bits_per_dim(self, images: Tensor, hutchinson: bool = True, generator: torch.Generator | None = None,
-                     labels: Tensor | int | dict | None = None) -> tuple[float, float]:
+    def bits_per_dim(
+        self,
+        images: Tensor,
+        hutchinson: bool = True,
+        generator: torch.Generator | None = None,
+        labels: Tensor | int | dict | None = None,
+    ) -> tuple[float, float]:
         """Bits per dimension (mean, standard error) of uint8 images [N, C, H, W]: uniformly dequantised, scaled to
         [-1, 1] and scored by the CNF likelihood (Hutchinson's estimator by default)."""
         if images.dtype != torch.uint8:
             raise ValueError(f"bits/dim takes the uint8 images themselves, got {images.dtype}")
         u = torch.rand(images.shape, generator=generator)
         y = (images.float() + u) / 127.5 - 1
-        log_p = self.log_likelihood(y, hutchinson=hutchinson, labels=labels, rtol=1e-3, atol=1e-3,
-                                    generator=generator)
+        log_p = self.log_likelihood(y, hutchinson=hutchinson, labels=labels, rtol=1e-3, atol=1e-3, generator=generator)
         return bits_per_dim(log_p, self.dim)
 
     # -- sampling -----------------------------------------------------------------------------------------------
-    def flow(self, n: int, solver: str | None = None, steps: int = 100, save: int | None = None,
-             generator: torch.Generator | None = None, labels: Tensor | int | None = None,
-             **tolerances) -> ODESolution:
+    def flow(
+        self,
+        n: int,
+        solver: str | None = None,
+        steps: int = 100,
+        save: int | None = None,
+        generator: torch.Generator | None = None,
+        labels: Tensor | int | None = None,
+        **tolerances,
+    ) -> ODESolution:
         """Prior samples carried by dx/dt = ∇Φ from t = 0 to 1 (given labels, or the null label, for a conditional
         model); states (and trajectory) in user units."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -221,34 +183,78 @@ class EnergyModel:
         z0 = float(self.path.sigma(torch.zeros(1))) * torch.randn(n, *self.shape, generator=generator).to(self.device)
         return self.flow_from(z0, solver, steps, save, labels, **tolerances)
 
-    def flow_from(self, z0: Tensor, solver: str | None = None, steps: int = 100, save: int | None = None,
-                  labels: Tensor | int | None = None, **tolerances) -> ODESolution:
+    def flow_from(
+        self,
+        z0: Tensor,
+        solver: str | None = None,
+        steps: int = 100,
+        save: int | None = None,
+        labels: Tensor | int | None = None,
+        **tolerances,
+    ) -> ODESolution:
         """Given prior points z0 carried from t = 0 to 1; states (and trajectory) in user units."""
         sol = self._transport(z0.to(self.device), 0.0, 1.0, solver, steps, save, labels, **tolerances)
         inv = self.standardizer.inverse
         return ODESolution(inv(sol.x), sol.nfe, sol.times, None if sol.trajectory is None else inv(sol.trajectory))
 
-    def invert(self, x: Tensor, solver: str | None = None, steps: int = 100, labels: Tensor | int | None = None,
-               **tolerances) -> Tensor:
+    def invert(
+        self, x: Tensor, solver: str | None = None, steps: int = 100, labels: Tensor | int | None = None, **tolerances
+    ) -> Tensor:
         """The prior points z0 that the flow carries to x: the ODE run backwards from t = 1 to 0."""
         return self._transport(self._z(x), 1.0, 0.0, solver, steps, None, labels, **tolerances).x
 
-    def _transport(self, z: Tensor, t0: float, t1: float, solver: str | None, steps: int, save: int | None,
-                   labels: Tensor | int | None, **tolerances) -> ODESolution:
+    def _transport(
+        self,
+        z: Tensor,
+        t0: float,
+        t1: float,
+        solver: str | None,
+        steps: int,
+        save: int | None,
+        labels: Tensor | int | None,
+        **tolerances,
+    ) -> ODESolution:
         ev = self.config.eval
         phi = self._labelled(labels, len(z))
-        return integrate(lambda y, t: velocity(phi, y, t), z, t0, t1, solver=solver or ev.solver, steps=steps,
-                         rtol=tolerances.get("rtol", ev.rtol), atol=tolerances.get("atol", ev.atol), save=save)
+        return integrate(
+            lambda y, t: velocity(phi, y, t),
+            z,
+            t0,
+            t1,
+            solver=solver or ev.solver,
+            steps=steps,
+            rtol=tolerances.get("rtol", ev.rtol),
+            atol=tolerances.get("atol", ev.atol),
+            save=save,
+        )
 
-    def sample(self, n: int, solver: str | None = None, steps: int = 100,
-               generator: torch.Generator | None = None, labels: Tensor | int | None = None, **tolerances) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        solver: str | None = None,
+        steps: int = 100,
+        generator: torch.Generator | None = None,
+        labels: Tensor | int | None = None,
+        **tolerances,
+    ) -> Tensor:
         """n samples from the flow (adaptive dopri5 by default), in user units."""
         return self.flow(n, solver, steps, generator=generator, labels=labels, **tolerances).x
 
-    def langevin(self, n: int, steps: int = 500, t: float | None = None, step_size: float | None = None,
-                 metropolis: bool = True, anneal: bool | None = None, predictor: bool = True, denoise: bool = True,
-                 temperature: float = 1.0, x0: Tensor | None = None, generator: torch.Generator | None = None,
-                 labels: Tensor | int | dict | None = None) -> AnnealedResult:
+    def langevin(
+        self,
+        n: int,
+        steps: int = 500,
+        t: float | None = None,
+        step_size: float | None = None,
+        metropolis: bool = True,
+        anneal: bool | None = None,
+        predictor: bool = True,
+        denoise: bool = True,
+        temperature: float = 1.0,
+        x0: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        labels: Tensor | int | dict | None = None,
+    ) -> AnnealedResult:
         """Samples of the energy alone (no ODE): MALA (or unadjusted Langevin) on ψ(x, t) ∝ log ρ̄ₜ, in the path's
         coordinates x = μ(t)z, for the given labels or composition; returns the samples in user units with the
         acceptance rate of every level.
@@ -267,8 +273,10 @@ class EnergyModel:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if mu <= 0 or sigma <= 0:
-            raise ValueError(f"Langevin on ψ(·, t) needs μ(t) > 0 and σ(t) > 0; at t = {t:g} μ = {mu:g}, "
-                             f"σ = {sigma:g}: read the energy at a t inside (0, 1) or train with path.sigma_min > 0")
+            raise ValueError(
+                f"Langevin on ψ(·, t) needs μ(t) > 0 and σ(t) > 0; at t = {t:g} μ = {mu:g}, "
+                f"σ = {sigma:g}: read the energy at a t inside (0, 1) or train with path.sigma_min > 0"
+            )
         block = min(5, steps)
         levels = steps // block
         anneal = x0 is None if anneal is None else anneal
@@ -290,24 +298,41 @@ class EnergyModel:
         if anneal and predictor:
             transport = lambda y, s0, s1: y + (s1 - s0) * velocity(potential, y, full(y, s0))  # noqa: E731
             x = transport(x, 0.0, times[0]).detach()
-        res = annealed_langevin(log_p, x, times, base, block, temperature, metropolis,
-                                0.574 if step_size is None else None, generator, transport,
-                                start_time=0.0 if anneal else None)
+        res = annealed_langevin(
+            log_p,
+            x,
+            times,
+            base,
+            block,
+            temperature,
+            metropolis,
+            0.574 if step_size is None else None,
+            generator,
+            transport,
+            start_time=0.0 if anneal else None,
+        )
         x = res.x
         if denoise:
             x = x + sigma**2 * value_and_grad(lambda y: log_p(y, t), x)[1]
         return dataclasses.replace(res, x=self.standardizer.inverse(x.detach() / mu))
 
-    def log_partition(self, t: float | None = None, n: int = 64, steps: int = 1000,
-                      generator: torch.Generator | None = None, labels: Tensor | int | dict | None = None
-                      ) -> tuple[float, float]:
+    def log_partition(
+        self,
+        t: float | None = None,
+        n: int = 64,
+        steps: int = 1000,
+        generator: torch.Generator | None = None,
+        labels: Tensor | int | dict | None = None,
+    ) -> tuple[float, float]:
         """log Z_t = log ∫ exp ψ(x, t) dx (path coordinates; the same for log_density's data coordinates) by annealed
         importance sampling from the prior, where ψ(·, 0) = log N(0, σ(0)²I) + log Z₀ exactly, through `steps`
         MALA steps (`langevin` without its predictor); returns (log Z_t, effective sample size of the n chains).
         log_density(x, t) − log Z_t is then normalised, as far as the ESS lets one trust it."""
         if not isinstance(self.phi, EnergyPotential):
-            raise ValueError("log_partition anneals from ψ(·, 0) = the prior, which holds under the energy "
-                             "parameterisation only (model.parameterisation=energy)")
+            raise ValueError(
+                "log_partition anneals from ψ(·, 0) = the prior, which holds under the energy "
+                "parameterisation only (model.parameterisation=energy)"
+            )
         t = self.read_out_t if t is None else float(t)
         res = self.langevin(n, steps, t, predictor=False, denoise=False, generator=generator, labels=labels)
         sigma0 = float(self.path.sigma(self._t(0.0, 1)))
@@ -325,64 +350,48 @@ class EnergyModel:
             raise ValueError(f"unknown Langevin target {target!r}; choose 'density' or 'boltzmann'")
         return chains[target](n, *args, **kwargs).x
 
-    def boltzmann_chain(self, n: int, steps: int = 500, step_size: float = 1e-2, temperature: float = 1.0,
-                        metropolis: bool = False, x0: Tensor | None = None, generator: torch.Generator | None = None,
-                        labels: Tensor | int | dict | None = None) -> LangevinResult:
+    def boltzmann_chain(
+        self,
+        n: int,
+        steps: int = 500,
+        step_size: float = 1e-2,
+        temperature: float = 1.0,
+        metropolis: bool = False,
+        x0: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        labels: Tensor | int | dict | None = None,
+    ) -> LangevinResult:
         """Langevin (or MALA) on the paper's Φ_B (t = 1), step in standardised units, from x0 (user units) or n
         flow samples; the chain's end in user units."""
         self._check_boltzmann(1.0)
         z0 = self._z(x0) if x0 is not None else self._z(self.sample(n, generator=generator, labels=labels))
-        res = sample_langevin(lambda z: boltzmann(self._labelled(labels, len(z)), z), z0, steps, step_size,
-                              temperature, metropolis, generator=generator)
+        res = sample_langevin(
+            lambda z: boltzmann(self._labelled(labels, len(z)), z),
+            z0,
+            steps,
+            step_size,
+            temperature,
+            metropolis,
+            generator=generator,
+        )
         return dataclasses.replace(res, x=self.standardizer.inverse(res.x))
 
-    # -- persistence --------------------------------------------------------------------------------------------
+    # -- persistence (vpfb.storage) --------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.phi.state_dict().items()}
-        meta = {"format": FORMAT, "vpfb_version": __version__, "dim": self.dim, "shape": list(self.shape),
-                "num_classes": self.num_classes, "config": self.config.to_dict(),
-                "standardizer": self.standardizer.to_dict(), "read_out_t": self.read_out_t, "sha256": digest(state)}
-        atomic_write(directory / WEIGHTS, safetensors_bytes(state))
-        atomic_write(directory / METADATA, json.dumps(meta, indent=2).encode())
+        """Weights to directory/model.safetensors, the rest (config, statistics, read-out time) to model.json."""
+        meta = {
+            "dim": self.dim,
+            "shape": list(self.shape),
+            "num_classes": self.num_classes,
+            "config": self.config.to_dict(),
+            "standardizer": self.standardizer.to_dict(),
+            "read_out_t": self.read_out_t,
+        }
+        write_model(directory, self.phi.state_dict(), meta)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> EnergyModel:
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"run directory {directory} does not exist")
-        for name in (METADATA, WEIGHTS):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory} is not a trained vpfb model: {name} is missing")
-        try:
-            meta = json.loads((directory / METADATA).read_text())
-            config = from_dict(meta["config"], where=str(directory / METADATA))
-            standardizer = Standardizer.from_dict(meta["standardizer"])
-            shape = tuple(int(n) for n in meta.get("shape", [meta["dim"]]))
-            num_classes = meta.get("num_classes")
-            read_out_t = meta.get("read_out_t")  # None in older files: the configuration's
-            if read_out_t is not None and not 0 < float(read_out_t) <= 1:
-                raise TypeError(f"read_out_t = {read_out_t} lies outside (0, 1]")
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{directory / METADATA} is corrupt or not a vpfb model file: {err}") from err
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{directory} uses model format {meta.get('format')}, this vpfb reads {FORMAT}")
-        try:
-            state = load_file(directory / WEIGHTS)
-        except (SafetensorError, OSError) as err:
-            raise ValueError(f"{directory / WEIGHTS} is corrupt: {err}") from err
-        if "sha256" in meta and digest(state) != meta["sha256"]:  # older runs carry no checksum
-            raise ValueError(f"{directory / WEIGHTS} is corrupt: its checksum differs from the one in {METADATA}")
-        if not all(torch.isfinite(v).all() for v in (standardizer.mean, standardizer.std)) or \
-                not bool((standardizer.std > 0).all()):
-            raise ValueError(f"{directory / METADATA} is corrupt: its data statistics are not finite and positive")
-        potential = build_potential(config, shape, num_classes)
-        try:
-            potential.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(f"{directory / WEIGHTS} does not match the architecture in its config: {err}") from err
-        return cls(potential, config, standardizer, shape, num_classes, read_out_t).to(device)
+        return cls(**read_model(directory)).to(device)
 
 
 def load(directory: str | Path, device: str | torch.device = "cpu") -> EnergyModel:

@@ -16,6 +16,7 @@ data in its form (a scalar head must learn it), stays exactly log N(0, I) at t =
 A conditional network takes labels as a third argument, N(x, t, c); `with_labels` binds them so that losses and
 samplers, which only know Φ(x, t), use it unchanged.
 """
+
 from __future__ import annotations
 
 import torch

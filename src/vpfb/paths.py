@@ -3,6 +3,7 @@
 Every path gives the conditional velocity u, the conditional score-time derivative γ = ∂ₜ log ρ(x|x̄,t) that the
 Deep Ritz loss needs, and the drift f(t) and squared diffusion g²(t) that turn a potential into a log-density.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -162,4 +163,3 @@ def build_path(name: str = "linear", **kwargs) -> GaussianPath:
     if name not in PATHS:
         raise ValueError(f"unknown path {name!r}; choose one of {sorted(PATHS)}")
     return PATHS[name](**kwargs)
-

@@ -1,4 +1,5 @@
 """Figures for 2-D models: ODE trajectories, an energy surface with Langevin samples, density against truth."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,9 @@ def _grid(low: Tensor, high: Tensor, points: int) -> tuple[Tensor, Tensor, Tenso
     return gx, gy, torch.stack([gx.flatten(), gy.flatten()], 1)
 
 
-def plot_density(ax, log_density: Callable[[Tensor], Tensor], low: Tensor, high: Tensor, points: int = 200,
-                 title: str = "") -> None:
+def plot_density(
+    ax, log_density: Callable[[Tensor], Tensor], low: Tensor, high: Tensor, points: int = 200, title: str = ""
+) -> None:
     """Normalised density exp(log p − log Z) on the box as an image."""
     gx, gy, grid = _grid(low, high, points)
     log_z = grid_log_normaliser(log_density, low, high, points)
@@ -67,7 +69,7 @@ def image_grid(images: Tensor, columns: int | None = None) -> Tensor:
     canvas = torch.ones(c, rows * (h + 1) + 1, columns * (w + 1) + 1)
     for i, img in enumerate(images.detach().float().cpu().clamp(-1, 1)):
         r, k = divmod(i, columns)
-        canvas[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = img
+        canvas[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = img
     return ((canvas + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
 
 
@@ -117,8 +119,15 @@ def save_score_histograms(scored: dict[str, dict[str, Tensor]], path: str | Path
         spread = max(q99 - q01, 1e-6)
         low, high = q01 - 3 * spread, q99 + spread
         for name, values in sets.items():
-            ax.hist(values.double().clamp(low, high).numpy(), bins=40, range=(low, high), histtype="step",
-                    density=True, label=name, linewidth=2 if name == IN_DISTRIBUTION else 1)
+            ax.hist(
+                values.double().clamp(low, high).numpy(),
+                bins=40,
+                range=(low, high),
+                histtype="step",
+                density=True,
+                label=name,
+                linewidth=2 if name == IN_DISTRIBUTION else 1,
+            )
         ax.set(title=score, xlabel="score (higher = in-distribution)")
     axes[0].legend(fontsize=7)
     return save(fig, path)

@@ -1,4 +1,5 @@
 """Samplers that read only a potential (or any velocity field): the probability-flow ODE and Langevin dynamics."""
+
 from __future__ import annotations
 
 import math
@@ -43,12 +44,16 @@ class Evaluations:
     def check(self, t: Tensor, v: Tensor) -> Tensor:
         self.count += 1
         if not bool(torch.isfinite(v).all()):
-            raise SolverError(f"the velocity is not finite at t = {float(t):.4g} ({self.solver}, evaluation "
-                              f"{self.count}): the model's weights or inputs hold NaN or inf")
+            raise SolverError(
+                f"the velocity is not finite at t = {float(t):.4g} ({self.solver}, evaluation "
+                f"{self.count}): the model's weights or inputs hold NaN or inf"
+            )
         if self.count > self.limit:
-            raise SolverError(f"{self.solver} went past its limit of {self.limit} velocity evaluations at t = "
-                              f"{float(t):.4g}: the field is too stiff for this rtol/atol (a diverged model?). "
-                              f"Loosen rtol/atol, raise max_nfe or use a fixed-step solver")
+            raise SolverError(
+                f"{self.solver} went past its limit of {self.limit} velocity evaluations at t = "
+                f"{float(t):.4g}: the field is too stiff for this rtol/atol (a diverged model?). "
+                f"Loosen rtol/atol, raise max_nfe or use a fixed-step solver"
+            )
         return v
 
 
@@ -59,9 +64,18 @@ def end_inside(method: str, times: Tensor) -> dict | None:
     return {"step_t": times[-1:]} if method in ADAPTIVE else None
 
 
-def integrate(field: Field, x0: Tensor, t0: float = 0.0, t1: float = 1.0, solver: str = "dopri5",
-              steps: int = 100, rtol: float = 1e-3, atol: float = 1e-3, save: int | None = None,
-              max_nfe: int = MAX_NFE) -> ODESolution:
+def integrate(
+    field: Field,
+    x0: Tensor,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    solver: str = "dopri5",
+    steps: int = 100,
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+    save: int | None = None,
+    max_nfe: int = MAX_NFE,
+) -> ODESolution:
     """Solve dx/dt = field(x, t) from t0 to t1 with torchdiffeq.
 
     Fixed-step solvers ("euler", "heun", "rk4") take `steps` equal steps; adaptive ones ("dopri5", ...)
@@ -105,10 +119,17 @@ class LangevinResult:
     log_p: Tensor | None = None  # [N] log p at the final states
 
 
-def sample_langevin(log_p: Callable[[Tensor], Tensor], x0: Tensor, steps: int = 500, step_size: float = 1e-2,
-                    temperature: float = 1.0, metropolis: bool = False, save_every: int | None = None,
-                    generator: torch.Generator | None = None,
-                    start: tuple[Tensor, Tensor] | None = None) -> LangevinResult:
+def sample_langevin(
+    log_p: Callable[[Tensor], Tensor],
+    x0: Tensor,
+    steps: int = 500,
+    step_size: float = 1e-2,
+    temperature: float = 1.0,
+    metropolis: bool = False,
+    save_every: int | None = None,
+    generator: torch.Generator | None = None,
+    start: tuple[Tensor, Tensor] | None = None,
+) -> LangevinResult:
     """Langevin dynamics x ← x + h ∇log p(x)/T + √(2h) ξ, stationary law ∝ p^(1/T) (the same chain as
     x + h'∇log p + √(2h'T) ξ with h' = h/T: `step_size` is h, the step on log p/T).
 
@@ -147,9 +168,14 @@ def sample_langevin(log_p: Callable[[Tensor], Tensor], x0: Tensor, steps: int = 
         values.append(value.mean() * temperature)
         if save_every and (k + 1) % save_every == 0:
             saved.append(x)
-    return LangevinResult(x, torch.stack(grads), torch.stack(values),
-                          accepted / steps if metropolis else None,
-                          torch.stack(saved) if save_every else None, value * temperature)
+    return LangevinResult(
+        x,
+        torch.stack(grads),
+        torch.stack(values),
+        accepted / steps if metropolis else None,
+        torch.stack(saved) if save_every else None,
+        value * temperature,
+    )
 
 
 @dataclass
@@ -160,11 +186,19 @@ class AnnealedResult:
     log_weights: Tensor | None = None  # [N] annealed importance weights (no transport), log Z_K/Z_0 = log mean exp
 
 
-def annealed_langevin(log_p: Callable[[Tensor, float], Tensor], x0: Tensor, times: list[float],
-                      base_steps: list[float], steps_per_level: int, temperature: float = 1.0, metropolis: bool = True,
-                      target_acceptance: float | None = 0.574, generator: torch.Generator | None = None,
-                      transport: Callable[[Tensor, float, float], Tensor] | None = None,
-                      start_time: float | None = None) -> AnnealedResult:
+def annealed_langevin(
+    log_p: Callable[[Tensor, float], Tensor],
+    x0: Tensor,
+    times: list[float],
+    base_steps: list[float],
+    steps_per_level: int,
+    temperature: float = 1.0,
+    metropolis: bool = True,
+    target_acceptance: float | None = 0.574,
+    generator: torch.Generator | None = None,
+    transport: Callable[[Tensor, float, float], Tensor] | None = None,
+    start_time: float | None = None,
+) -> AnnealedResult:
     """Chains carried through the targets log_p(·, t) for t in `times`, `steps_per_level` Langevin (MALA) steps at
     each, at step η·base_steps[k]. With MALA and a target acceptance a*, η ← η·exp(2(a − a*)) after each level whose
     acceptance was a (0.574: MALA's optimum for product targets, Roberts & Rosenthal 1998); the step changes only
@@ -174,8 +208,10 @@ def annealed_langevin(log_p: Callable[[Tensor, float], Tensor], x0: Tensor, time
     drawn exactly from exp log_p(·, t₀)/Z₀ for a time t₀ before times[0] (`start_time`), the result carries the
     annealed importance weights Σₖ [log_p(x, tₖ) − log_p(x, tₖ₋₁)] (Neal 2001): log Z(t_K)/Z(t₀) ≈ log mean exp."""
     if len(times) != len(base_steps) or not times or steps_per_level < 1:
-        raise ValueError(f"need one base step per time and steps_per_level ≥ 1; got {len(times)} times, "
-                         f"{len(base_steps)} steps, steps_per_level={steps_per_level}")
+        raise ValueError(
+            f"need one base step per time and steps_per_level ≥ 1; got {len(times)} times, "
+            f"{len(base_steps)} steps, steps_per_level={steps_per_level}"
+        )
     x, eta, acceptance, used = x0, 1.0, [], []
     weighted = transport is None and start_time is not None
     log_w = torch.zeros(len(x0), dtype=torch.float64, device=x0.device) if weighted else None
@@ -190,8 +226,16 @@ def annealed_langevin(log_p: Callable[[Tensor, float], Tensor], x0: Tensor, time
             start = value_and_grad(lambda y, t=t: log_p(y, t), x)
             log_w += (start[0].detach() - log_p_x).double() / temperature
         used.append(eta * base)
-        res = sample_langevin(lambda y, t=t: log_p(y, t), x, steps_per_level, eta * base, temperature, metropolis,
-                              generator=generator, start=start)
+        res = sample_langevin(
+            lambda y, t=t: log_p(y, t),
+            x,
+            steps_per_level,
+            eta * base,
+            temperature,
+            metropolis,
+            generator=generator,
+            start=start,
+        )
         x, log_p_x = res.x, res.log_p
         if metropolis:
             acceptance.append(res.acceptance)

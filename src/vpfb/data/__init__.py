@@ -1,4 +1,5 @@
 """Data: 2-D toy sets with their true densities, user point files, and image sets (uint8, batched to [-1, 1])."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,18 @@ from vpfb.data.images import IMAGE_SETS, ImageData, load_images
 from vpfb.data.points import POINT_FILES, Standardizer, load_points
 from vpfb.data.toy2d import TOY_DATASETS, sample_toy, toy_log_density
 
-__all__ = ["IMAGE_SETS", "POINT_FILES", "TOY_DATASETS", "ImageData", "Standardizer", "load_data", "load_images",
-           "load_points", "sample_toy", "toy_log_density"]
+__all__ = [
+    "IMAGE_SETS",
+    "POINT_FILES",
+    "TOY_DATASETS",
+    "ImageData",
+    "Standardizer",
+    "load_data",
+    "load_images",
+    "load_points",
+    "sample_toy",
+    "toy_log_density",
+]
 
 
 def load_data(spec: str, n: int = 20000, seed: int = 0, key: str | None = None) -> tuple[Tensor, str]:
@@ -22,5 +33,6 @@ def load_data(spec: str, n: int = 20000, seed: int = 0, key: str | None = None) 
     if path.suffix or path.exists():
         points = load_points(path, key)
         return points, f"{len(points)} points of dimension {points.shape[1]} from {path}"
-    raise ValueError(f"unknown data {spec!r}: give a toy set ({', '.join(TOY_DATASETS)}) or a point file "
-                     f"({', '.join(POINT_FILES)})")
+    raise ValueError(
+        f"unknown data {spec!r}: give a toy set ({', '.join(TOY_DATASETS)}) or a point file ({', '.join(POINT_FILES)})"
+    )

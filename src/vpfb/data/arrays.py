@@ -1,4 +1,5 @@
 """Reading .npy and .npz files safely: never unpickled, and no allocation larger than the file can fill."""
+
 from __future__ import annotations
 
 import math
@@ -39,5 +40,7 @@ def _check_header(path: Path, fh, size: int, what: str) -> None:
         return  # refused by np.load itself, as holding Python objects
     need, held = math.prod(shape) * dtype.itemsize, size - fh.tell()
     if need > held:
-        raise OversizedHeader(f"its header{what} declares shape {shape} of {dtype} ({need:,} bytes), more than the "
-                              f"{held:,} bytes of data it holds: the file is damaged")
+        raise OversizedHeader(
+            f"its header{what} declares shape {shape} of {dtype} ({need:,} bytes), more than the "
+            f"{held:,} bytes of data it holds: the file is damaged"
+        )

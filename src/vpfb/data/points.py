@@ -1,4 +1,5 @@
 """User point clouds from .npy, .npz and .csv files, and the standardisation a run stores with its weights."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ def _read_numpy(path: Path, key: str | None) -> np.ndarray:
     with loaded:
         keys = list(loaded.keys())
         if key is None and len(keys) != 1:
-            raise ValueError(f"{path} holds {len(keys)} arrays ({', '.join(keys) or 'none'}); choose one with key= "
-                             f"(on the command line: data.key=NAME)")
+            raise ValueError(
+                f"{path} holds {len(keys)} arrays ({', '.join(keys) or 'none'}); choose one with key= "
+                f"(on the command line: data.key=NAME)"
+            )
         if key is not None and key not in keys:
             raise ValueError(f"{path} has no array {key!r}; it holds {', '.join(keys)}")
         try:
@@ -65,8 +68,10 @@ def _check_array(path: Path, array: np.ndarray) -> None:
         raise ValueError(f"{path} holds {array.shape[0]} point(s); at least 2 are needed")
     bad = ~np.isfinite(array).all(1)
     if bad.any():
-        raise ValueError(f"{path} has NaN or inf in {int(bad.sum())} of {len(array)} rows (first: row "
-                         f"{int(np.argmax(bad))}, counting data rows from 0); drop or fix them first")
+        raise ValueError(
+            f"{path} has NaN or inf in {int(bad.sum())} of {len(array)} rows (first: row "
+            f"{int(np.argmax(bad))}, counting data rows from 0); drop or fix them first"
+        )
 
 
 def load_points(path: str | Path, key: str | None = None) -> Tensor:

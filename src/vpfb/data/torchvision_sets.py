@@ -8,6 +8,7 @@ CelebA follows the paper's authors: a centre crop of 140 × 140 pixels of the al
 CenterCrop offsets) resized to image_size × image_size (torchvision's Resize on PIL: bilinear, antialiased).
 Decoding 160k JPEGs takes minutes, so the result is kept in root/vpfb-cache/celeba-{split}-{size}.npy and reused.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,10 @@ def _torchvision_datasets(name: str):
     try:
         import torchvision.datasets
     except (ImportError, OSError, RuntimeError) as err:  # a torchvision built for another torch fails on load
-        raise ImportError(f"the image set {name!r} is read through torchvision, which could not be imported "
-                          f"({err}); install it with: pip install 'vpfb[vision]'") from err
+        raise ImportError(
+            f"the image set {name!r} is read through torchvision, which could not be imported "
+            f"({err}); install it with: pip install 'vpfb[vision]'"
+        ) from err
     return torchvision.datasets
 
 
@@ -46,8 +49,10 @@ def _open_set(name: str, root: Path, split: str, download: bool):
     datasets = _torchvision_datasets(name)
     expected = root / TORCHVISION_SETS[name][2].format(split=split)
     if not download and not expected.exists():
-        raise FileNotFoundError(f"image set {name!r} not found: looked for {expected}; pass download=True "
-                                f"(or put the official files there) to fetch it into {root}")
+        raise FileNotFoundError(
+            f"image set {name!r} not found: looked for {expected}; pass download=True "
+            f"(or put the official files there) to fetch it into {root}"
+        )
     train = split == "train"
     makers = {
         "cifar10": lambda: datasets.CIFAR10(root, train=train, download=download),
@@ -60,8 +65,10 @@ def _open_set(name: str, root: Path, split: str, download: bool):
     try:
         return makers[name]()
     except RuntimeError as err:  # torchvision's word for missing, incomplete or md5-mismatched files
-        raise ValueError(f"image set {name!r} under {root} is incomplete or corrupted ({err}); remove it and "
-                         f"pass download=True to fetch it again") from err
+        raise ValueError(
+            f"image set {name!r} under {root} is incomplete or corrupted ({err}); remove it and "
+            f"pass download=True to fetch it again"
+        ) from err
 
 
 def _channels_first(data) -> Tensor:
@@ -72,8 +79,9 @@ def _channels_first(data) -> Tensor:
     return images if images.shape[1] == 3 else images.permute(0, 3, 1, 2).contiguous()
 
 
-def load_torchvision_set(name: str, root: Path, split: str, download: bool,
-                         image_size: int | None) -> tuple[Tensor, Tensor | None, int | None]:
+def load_torchvision_set(
+    name: str, root: Path, split: str, download: bool, image_size: int | None
+) -> tuple[Tensor, Tensor | None, int | None]:
     """uint8 images [N, C, H, W], long labels [N] (None for CelebA) and the number of classes of one split.
 
     Only CelebA uses image_size (default 64) here; the other sets come at their own size (32 or 28)."""
@@ -81,8 +89,11 @@ def load_torchvision_set(name: str, root: Path, split: str, download: bool,
         return load_celeba(root, split, download, image_size or CELEBA_SIZE), None, None
     dataset = _open_set(name, root, split, download)
     labels = dataset.labels if name == "svhn" else dataset.targets  # torchvision already maps SVHN's 10 to 0
-    return _channels_first(dataset.data), torch.as_tensor(np.asarray(labels), dtype=torch.long), \
-        TORCHVISION_SETS[name][1]
+    return (
+        _channels_first(dataset.data),
+        torch.as_tensor(np.asarray(labels), dtype=torch.long),
+        TORCHVISION_SETS[name][1],
+    )
 
 
 def crop_and_resize(image, size: int):
@@ -101,8 +112,10 @@ def load_celeba(root: Path, split: str, download: bool, size: int) -> Tensor:
     if cache.exists():
         images = np.load(cache, allow_pickle=False)
         if images.dtype != np.uint8 or images.shape[1:] != (3, size, size):
-            raise ValueError(f"the cache {cache} holds {images.dtype} {images.shape}, not uint8 [N, 3, {size}, "
-                             f"{size}]; delete it to decode the images again")
+            raise ValueError(
+                f"the cache {cache} holds {images.dtype} {images.shape}, not uint8 [N, 3, {size}, "
+                f"{size}]; delete it to decode the images again"
+            )
         return torch.from_numpy(images)
     from PIL import Image
     from tqdm.auto import tqdm
@@ -116,8 +129,14 @@ def load_celeba(root: Path, split: str, download: bool, size: int) -> Tensor:
 
     # PIL releases the GIL while decoding, so threads share the work without copying images between processes
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(tqdm(pool.map(decode, dataset.filename), total=len(dataset.filename),
-                            desc=f"decoding CelebA {split}", disable=None))
+        decoded = list(
+            tqdm(
+                pool.map(decode, dataset.filename),
+                total=len(dataset.filename),
+                desc=f"decoding CelebA {split}",
+                disable=None,
+            )
+        )
     images = np.stack(decoded)
     _save_atomically(cache, images)
     return torch.from_numpy(images)
@@ -133,5 +152,6 @@ def _save_atomically(path: Path, array: np.ndarray) -> None:
         os.replace(temporary, path)
     except OSError as err:  # a read-only data folder costs a re-decode next time, not the run
         temporary.unlink(missing_ok=True)
-        warnings.warn(f"could not write the cache {path} ({err}); the images will be decoded again next time",
-                      stacklevel=4)  # points at the caller of load_images
+        warnings.warn(
+            f"could not write the cache {path} ({err}); the images will be decoded again next time", stacklevel=4
+        )  # points at the caller of load_images

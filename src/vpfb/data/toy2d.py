@@ -5,6 +5,7 @@ Sets drawn as a curve c(θ) plus isotropic Gaussian noise of std s have p(x) = E
 composite Gauss–Legendre rule over θ with QUADRATURE points per curve, on panels far shorter than s along the curve,
 so the quadrature error is below 1e-6 nats.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,6 +37,7 @@ def _check_name(name: str) -> None:
 
 # --- curves shared by the samplers and the densities -------------------------------------------------------------
 
+
 def _moon_arcs(theta: np.ndarray) -> np.ndarray:
     """scikit-learn's two moons without noise: (cos θ, sin θ) and (1 − cos θ, 1/2 − sin θ), θ ∈ [0, π]."""
     outer = np.stack([np.cos(theta), np.sin(theta)], 1)
@@ -66,6 +68,7 @@ def _gauss_legendre(low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- samplers ----------------------------------------------------------------------------------------------------
+
 
 def _sample_moons(n: int, seed: int | None) -> np.ndarray:
     from sklearn.datasets import make_moons  # scikit-learn takes about a second to import: only when used
@@ -121,8 +124,13 @@ def _sample_spirals(n: int, seed: int | None) -> np.ndarray:
 
 
 _SAMPLERS: dict[str, Callable[[int, int | None], np.ndarray]] = {
-    "moons": _sample_moons, "eightgaussians": _sample_eightgaussians, "checkerboard": _sample_checkerboard,
-    "circles": _sample_circles, "rings": _sample_rings, "pinwheel": _sample_pinwheel, "spirals": _sample_spirals,
+    "moons": _sample_moons,
+    "eightgaussians": _sample_eightgaussians,
+    "checkerboard": _sample_checkerboard,
+    "circles": _sample_circles,
+    "rings": _sample_rings,
+    "pinwheel": _sample_pinwheel,
+    "spirals": _sample_spirals,
     "swissroll": _sample_swissroll,
 }
 
@@ -137,11 +145,15 @@ def sample_toy(name: str, n: int, seed: int | None = None) -> Tensor:
 
 # --- densities ---------------------------------------------------------------------------------------------------
 
+
 def _mixture_log_density(x: Tensor, centres: np.ndarray, std: float, weights: np.ndarray | None = None) -> Tensor:
     """log Σ_k w_k N(x; c_k, std² I) for centres c_k [K, 2] and weights summing to 1 (default 1/K), in row blocks."""
     c = torch.as_tensor(centres, dtype=torch.float64, device=x.device)
-    log_w = torch.full((len(c),), -math.log(len(c)), dtype=torch.float64, device=x.device) if weights is None \
+    log_w = (
+        torch.full((len(c),), -math.log(len(c)), dtype=torch.float64, device=x.device)
+        if weights is None
         else torch.as_tensor(np.log(weights), dtype=torch.float64, device=x.device)
+    )
     bias = log_w - (c**2).sum(1) / (2 * std**2)
     out = []
     for block in x.split(max(1, _CHUNK // len(c))):
@@ -156,7 +168,7 @@ def _rings_log_density(x: Tensor, radii: tuple[float, ...], std: float) -> Tenso
     uniform angle, exactly."""
     rho = x.norm(dim=1, keepdim=True)
     r = torch.tensor(radii, dtype=torch.float64, device=x.device)
-    per_ring = -(rho - r) ** 2 / (2 * std**2) + torch.special.i0e(r * rho / std**2).log()
+    per_ring = -((rho - r) ** 2) / (2 * std**2) + torch.special.i0e(r * rho / std**2).log()
     return torch.logsumexp(per_ring, 1) - math.log(len(radii)) - math.log(2 * math.pi * std**2)
 
 
@@ -214,8 +226,11 @@ def _pinwheel_log_density(x: Tensor) -> Tensor:
     rho = rho[point]
     beta = _pinwheel_roots(grid[step], grid[step + 1], rho, angle[point] + 2 * math.pi * crossed / PINWHEEL_ARMS)
     f0, f1 = rho * torch.cos(beta), rho * torch.sin(beta)
-    log_f = (-((f0 - 1) / PINWHEEL_RADIAL) ** 2 / 2 - (f1 / PINWHEEL_TANGENTIAL) ** 2 / 2
-             - math.log(2 * math.pi * PINWHEEL_RADIAL * PINWHEEL_TANGENTIAL))
+    log_f = (
+        -(((f0 - 1) / PINWHEEL_RADIAL) ** 2) / 2
+        - (f1 / PINWHEEL_TANGENTIAL) ** 2 / 2
+        - math.log(2 * math.pi * PINWHEEL_RADIAL * PINWHEEL_TANGENTIAL)
+    )
     terms = (log_f - _pinwheel_turn(beta, rho)[1].abs().log()).exp()
     total = torch.zeros(len(x), dtype=torch.float64, device=x.device).index_add_(0, point, terms)
     return total.log() - math.log(PINWHEEL_ARMS * PINWHEEL_SCALE**2)

@@ -1,6 +1,7 @@
 """Compositions of a conditional model's potentials, as `labels` for any EnergyModel method: a dict
 {label: weight} means Φ = Σ weight·Φ(·|label) (vpfb.energy.CombinedPotential). The null label ∅ is
 model.num_classes."""
+
 from __future__ import annotations
 
 from vpfb.model import EnergyModel

@@ -1,4 +1,5 @@
 """Density-estimation metrics for a trained model on held-out points (nats per point, the user's units)."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -21,17 +22,28 @@ def calibrate_density_t(model: EnergyModel, x: Tensor, times: list[float]) -> tu
         raise ValueError("calibration needs at least one candidate time")
     if model.dim == 2:
         low, high = grid_box(x)
-        criterion = {t: -(model.log_density(x, t).double()
-                          - grid_log_normaliser(lambda y, t=t: model.log_density(y, t), low, high)).mean().item()
-                     for t in times}
+        criterion = {
+            t: -(
+                model.log_density(x, t).double()
+                - grid_log_normaliser(lambda y, t=t: model.log_density(y, t), low, high)
+            )
+            .mean()
+            .item()
+            for t in times
+        }
     else:
         reference = model.log_likelihood(x, hutchinson=model.dim > 16)
         criterion = {t: (model.log_density(x, t) - reference).std().item() for t in times}
     return min(criterion, key=criterion.get), criterion
 
 
-def density_metrics(model: EnergyModel, x_test: Tensor, true_log_density: Callable[[Tensor], Tensor] | None = None,
-                    box: tuple[Tensor, Tensor] | None = None, grid_points: int = 400) -> dict[str, float]:
+def density_metrics(
+    model: EnergyModel,
+    x_test: Tensor,
+    true_log_density: Callable[[Tensor], Tensor] | None = None,
+    box: tuple[Tensor, Tensor] | None = None,
+    grid_points: int = 400,
+) -> dict[str, float]:
     """CNF test NLL, the true density's NLL (when known) and, in 2-D, the grid-normalised NLLs of log_density and
     of the paper's Boltzmann density exp(Φ_B) (which need not be normalisable: its NLL then depends on the box)."""
     metrics = {"cnf_nll": -model.log_likelihood(x_test).mean().item()}

@@ -13,29 +13,41 @@
   formula), from statistics N, Σf, Σffᵀ: under torchrun each rank draws n/size samples with its own generator
   (seed + rank) and the ranks' sums are added; no image leaves its rank. n must exceed d, else C is singular.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vpfb import distributed
 from vpfb.data import load_images
 from vpfb.data.images import IMAGE_SETS
-from vpfb.files import digest
-from vpfb.evaluation.frechet import FeatureStats, MnistFeatures, frechet_distance_of_stats
-from vpfb.model import EnergyModel
-from vpfb import distributed
 from vpfb.distributed import World
+from vpfb.evaluation.frechet import FeatureStats, MnistFeatures, frechet_distance_of_stats
+from vpfb.files import digest
+from vpfb.model import EnergyModel
 
-__all__ = ["FeatureStats", "InceptionFeatures", "build_extractor", "default_cache_dir", "fid",
-           "frechet_distance_of_stats", "quantise", "reference_stats", "sample_stats", "task_fid", "to_uint8"]
+__all__ = [
+    "FeatureStats",
+    "InceptionFeatures",
+    "build_extractor",
+    "default_cache_dir",
+    "fid",
+    "frechet_distance_of_stats",
+    "quantise",
+    "reference_stats",
+    "sample_stats",
+    "task_fid",
+    "to_uint8",
+]
 
 STANDARD_SAMPLES = 50_000
 EXTRACTORS = ("inception", "mnist")
@@ -75,8 +87,10 @@ def _torchmetrics_inception() -> nn.Module:
     except ImportError as err:
         raise ImportError(f"the 'inception' extractor uses torchmetrics: {METRICS_HINT}") from err
     if not imports._TORCH_FIDELITY_AVAILABLE:
-        raise ImportError(f"the 'inception' extractor needs torch-fidelity, which holds torchmetrics' Inception-v3 "
-                          f"(its weights download on first use): {METRICS_HINT}")
+        raise ImportError(
+            f"the 'inception' extractor needs torch-fidelity, which holds torchmetrics' Inception-v3 "
+            f"(its weights download on first use): {METRICS_HINT}"
+        )
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     return NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(InceptionFeatures.num_features)])
@@ -92,13 +106,17 @@ def build_extractor(extractor: str | nn.Module, extractor_path: str | Path | Non
         module, label = InceptionFeatures(), "inception-v3-compat"
     elif extractor == "mnist":
         if extractor_path is None:
-            raise ValueError("the 'mnist' extractor needs extractor_path= (--extractor-path), the MnistFeatures "
-                             "weights (benchmarks/artifacts/mnist_classifier.safetensors in the vpfb repository; "
-                             "train them with python benchmarks/mnist_classifier.py)")
+            raise ValueError(
+                "the 'mnist' extractor needs extractor_path= (--extractor-path), the MnistFeatures "
+                "weights (benchmarks/artifacts/mnist_classifier.safetensors in the vpfb repository; "
+                "train them with python benchmarks/mnist_classifier.py)"
+            )
         module, label = MnistFeatures.load(extractor_path), "mnist"
     else:
-        raise ValueError(f"unknown extractor {extractor!r}; choose one of {EXTRACTORS} or give an nn.Module mapping "
-                         f"images [N, C, H, W] in [-1, 1] to features [N, d]")
+        raise ValueError(
+            f"unknown extractor {extractor!r}; choose one of {EXTRACTORS} or give an nn.Module mapping "
+            f"images [N, C, H, W] in [-1, 1] to features [N, d]"
+        )
     return module, f"{label}-{digest(module.state_dict())[:12]}"
 
 
@@ -145,16 +163,28 @@ def _stats_of(extractor: nn.Module, batches: Iterable[Tensor], meta: dict[str, s
     return stats
 
 
-def reference_stats(dataset: str | Path, extractor: nn.Module, extractor_name: str, root: str | Path | None = None,
-                    split: str = "train", image_size: int | None = None, cache_dir: str | Path | None = None,
-                    batch_size: int = 250, shape: tuple[int, ...] | None = None,
-                    progress: bool = False) -> FeatureStats:
+def reference_stats(
+    dataset: str | Path,
+    extractor: nn.Module,
+    extractor_name: str,
+    root: str | Path | None = None,
+    split: str = "train",
+    image_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 250,
+    shape: tuple[int, ...] | None = None,
+    progress: bool = False,
+) -> FeatureStats:
     """FeatureStats of every image of a data set's split (`vpfb.data.load_images` at image_size), cached in
     cache_dir as <data set>-<split>-<size>-<extractor_name>.safetensors. A cache file that cannot be read, or
     describes something else, is recomputed with a warning. With `shape`, images of another shape are an error.
     `extractor_name` must change whenever the extractor's weights do (`build_extractor` names them so)."""
-    key = {"dataset": _dataset_key(dataset), "split": split, "image_size": str(image_size or "native"),
-           "extractor": extractor_name}
+    key = {
+        "dataset": _dataset_key(dataset),
+        "split": split,
+        "image_size": str(image_size or "native"),
+        "extractor": extractor_name,
+    }
     stem = "-".join(re.sub(r"[^A-Za-z0-9._]+", "_", v) for v in key.values())
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = path / f"{stem}.safetensors"
@@ -164,8 +194,12 @@ def reference_stats(dataset: str | Path, extractor: nn.Module, extractor_name: s
         return cached
     data = load_images(dataset, root=root, split=split, image_size=image_size, labels=False)
     _check_shape(_shape_text(data.shape), shape, dataset)
-    chunks = tqdm(_chunks(len(data), batch_size), desc=f"FID reference: {key['dataset']} {split}",
-                  disable=not progress, dynamic_ncols=True)
+    chunks = tqdm(
+        _chunks(len(data), batch_size),
+        desc=f"FID reference: {key['dataset']} {split}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     batches = (data.batch(index) for index in chunks)
     stats = _stats_of(extractor, batches, {**key, "shape": _shape_text(data.shape)})
     stats.save(path)
@@ -180,26 +214,36 @@ def _read_cache(path: Path, key: dict[str, str]) -> FeatureStats | None:
     try:
         cached = FeatureStats.load(path)
     except ValueError as err:
-        warnings.warn(f"the cached reference statistics {path} are unreadable ({err}); recomputing them",
-                      stacklevel=3)
+        warnings.warn(f"the cached reference statistics {path} are unreadable ({err}); recomputing them", stacklevel=3)
         return None
     stale = {k: cached.meta.get(k) for k in key if cached.meta.get(k) != key[k]}
     if stale:
-        warnings.warn(f"the cached reference statistics {path} describe {stale}, not {key}; recomputing them",
-                      stacklevel=3)
+        warnings.warn(
+            f"the cached reference statistics {path} describe {stale}, not {key}; recomputing them", stacklevel=3
+        )
         return None
     return cached
 
 
 def _check_shape(found: str, wanted: tuple[int, ...] | None, dataset: str | Path) -> None:
     if wanted is not None and found != _shape_text(wanted):
-        raise ValueError(f"the reference set {dataset} has images of shape {found}, the model makes "
-                         f"{_shape_text(wanted)}; FID needs both at the same resolution (data.image_size)")
+        raise ValueError(
+            f"the reference set {dataset} has images of shape {found}, the model makes "
+            f"{_shape_text(wanted)}; FID needs both at the same resolution (data.image_size)"
+        )
 
 
-def sample_stats(model: EnergyModel, extractor: nn.Module, n: int, world: World = World(), batch_size: int = 250,
-                 seed: int = 0, keep: int = 0, progress: bool = False,
-                 **sample_options) -> tuple[FeatureStats, Tensor]:
+def sample_stats(
+    model: EnergyModel,
+    extractor: nn.Module,
+    n: int,
+    world: World = World(),  # noqa: B008  (a frozen dataclass: one process)
+    batch_size: int = 250,
+    seed: int = 0,
+    keep: int = 0,
+    progress: bool = False,
+    **sample_options,
+) -> tuple[FeatureStats, Tensor]:
     """This rank's share of n quantised model samples, drawn batch by batch with a generator seeded seed + rank:
     the FeatureStats of their features and the first `keep` of them (CPU, in [-1, 1])."""
     share = world.share_sizes(n)[world.rank]
@@ -207,8 +251,12 @@ def sample_stats(model: EnergyModel, extractor: nn.Module, n: int, world: World 
     kept: list[Tensor] = []
 
     def batches():
-        with tqdm(total=share, desc=f"FID samples (rank {world.rank} of {world.size})", disable=not progress,
-                  dynamic_ncols=True) as bar:
+        with tqdm(
+            total=share,
+            desc=f"FID samples (rank {world.rank} of {world.size})",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
             for index in _chunks(share, batch_size):
                 x = quantise(model.sample(len(index), generator=generator, **sample_options))
                 have = sum(map(len, kept))
@@ -221,10 +269,20 @@ def sample_stats(model: EnergyModel, extractor: nn.Module, n: int, world: World 
     return stats, torch.cat(kept) if kept else torch.zeros(0, *model.shape)
 
 
-def fid(model: EnergyModel, n: int = STANDARD_SAMPLES, extractor: str | nn.Module = "inception",
-        extractor_path: str | Path | None = None, batch_size: int = 250, solver: str | None = None,
-        steps: int = 100, seed: int = 0, cache_dir: str | Path | None = None, progress: bool = True,
-        keep: int = 0, **sample_options) -> dict:
+def fid(
+    model: EnergyModel,
+    n: int = STANDARD_SAMPLES,
+    extractor: str | nn.Module = "inception",
+    extractor_path: str | Path | None = None,
+    batch_size: int = 250,
+    solver: str | None = None,
+    steps: int = 100,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    keep: int = 0,
+    **sample_options,
+) -> dict:
     """FD between n samples of `model` and its training set in the features of `extractor` (module docstring).
     Under torchrun every rank calls it; the samples are shared out, rank 0 computes the reference, and every rank
     returns {"fid", "samples", "reference", "extractor", "feature_dim"} (and "images", rank 0's first `keep`
@@ -242,19 +300,42 @@ def fid(model: EnergyModel, n: int = STANDARD_SAMPLES, extractor: str | nn.Modul
     data, show = model.config.data, progress and world.is_main
     reference = None
     if world.is_main:
-        reference = reference_stats(data.name, module, name, root=data.root or None, split="train",
-                                    image_size=data.image_size or None, cache_dir=cache_dir,
-                                    batch_size=batch_size, shape=model.shape, progress=show)
-        _check_enough(reference.count, dim, f"reference images ({data.name}, train)",
-                      "FID needs a larger training set or an extractor with fewer features")
-    local, images = sample_stats(model, module, n, world, batch_size, seed, keep, show, solver=solver,
-                                 steps=steps, **sample_options)
+        reference = reference_stats(
+            data.name,
+            module,
+            name,
+            root=data.root or None,
+            split="train",
+            image_size=data.image_size or None,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            shape=model.shape,
+            progress=show,
+        )
+        _check_enough(
+            reference.count,
+            dim,
+            f"reference images ({data.name}, train)",
+            "FID needs a larger training set or an extractor with fewer features",
+        )
+    local, images = sample_stats(
+        model, module, n, world, batch_size, seed, keep, show, solver=solver, steps=steps, **sample_options
+    )
     generated = local.all_reduce(world)
     value = frechet_distance_of_stats(reference, generated) if world.is_main else 0.0
-    result = {"fid": world.broadcast_value(value), "samples": n,
-              "reference": {"dataset": data.name, "split": "train", "image_size": data.image_size or None,
-                            "images": int(world.broadcast_value(reference.count if world.is_main else 0))},
-              "extractor": name, "feature_dim": dim, "seed": seed}
+    result = {
+        "fid": world.broadcast_value(value),
+        "samples": n,
+        "reference": {
+            "dataset": data.name,
+            "split": "train",
+            "image_size": data.image_size or None,
+            "images": int(world.broadcast_value(reference.count if world.is_main else 0)),
+        },
+        "extractor": name,
+        "feature_dim": dim,
+        "seed": seed,
+    }
     if keep > 0:
         result["images"] = images
     return result
@@ -262,8 +343,9 @@ def fid(model: EnergyModel, n: int = STANDARD_SAMPLES, extractor: str | nn.Modul
 
 def _check_enough(count: int, dim: int, what: str, hint: str) -> None:
     if count <= dim:
-        raise ValueError(f"FID needs more {what} than feature dimensions: {count} ≤ d = {dim} leaves the "
-                         f"covariance singular; {hint}")
+        raise ValueError(
+            f"FID needs more {what} than feature dimensions: {count} ≤ d = {dim} leaves the covariance singular; {hint}"
+        )
 
 
 def task_fid(model: EnergyModel, out: Path, n: int, generator: torch.Generator, **options) -> dict:

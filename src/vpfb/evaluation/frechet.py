@@ -11,6 +11,7 @@ Protocol (benchmarks/mnist5k.py): features of the N generated images against tho
 image in [-1, 1]. The estimate is biased upwards (the mean term alone by tr(C)/N per set), so compare distances
 measured with the same N, and against the floor FD(N real digits, all real digits).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,8 +47,9 @@ def _check_features(feats: Tensor, name: str, min_rows: int = 2) -> Tensor:
     if feats.dim() != 2:
         raise ValueError(f"{name} must be a [N, d] matrix of features, got shape {tuple(feats.shape)}")
     if len(feats) < min_rows:
-        raise ValueError(f"{name} has {len(feats)} sample(s); a covariance needs at least 2 (and N ≫ d for a "
-                         f"small bias)")
+        raise ValueError(
+            f"{name} has {len(feats)} sample(s); a covariance needs at least 2 (and N ≫ d for a small bias)"
+        )
     if not torch.isfinite(feats).all():
         raise ValueError(f"{name} has NaN or inf in {int((~torch.isfinite(feats)).any(1).sum())} rows")
     return feats.detach()
@@ -67,16 +69,19 @@ class FeatureStats:
     def __post_init__(self) -> None:
         d = self.total.shape[0] if self.total.dim() == 1 else -1
         if self.total.dim() != 1 or tuple(self.outer.shape) != (d, d):
-            raise ValueError(f"FeatureStats needs total [d] and outer [d, d], got {tuple(self.total.shape)} and "
-                             f"{tuple(self.outer.shape)}")
+            raise ValueError(
+                f"FeatureStats needs total [d] and outer [d, d], got {tuple(self.total.shape)} and "
+                f"{tuple(self.outer.shape)}"
+            )
         if self.total.dtype != torch.float64 or self.outer.dtype != torch.float64:
             raise ValueError(f"FeatureStats sums are float64, got {self.total.dtype} and {self.outer.dtype}")
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0:
             raise ValueError(f"FeatureStats count must be a non-negative integer, got {self.count!r}")
 
     @classmethod
-    def zeros(cls, dim: int, device: torch.device | str | None = None, meta: dict[str, str] | None = None
-              ) -> FeatureStats:
+    def zeros(
+        cls, dim: int, device: torch.device | str | None = None, meta: dict[str, str] | None = None
+    ) -> FeatureStats:
         """The statistics of no features of dimension `dim`, on `device`."""
         total = torch.zeros(dim, dtype=torch.float64, device=device)
         return cls(0, total, torch.zeros(dim, dim, dtype=torch.float64, device=device), dict(meta or {}))
@@ -95,8 +100,9 @@ class FeatureStats:
         """Add features [N, d] (in float64, on these sums' device) and return self."""
         features = _check_features(features, "features", min_rows=0)
         if features.shape[1] != self.dim:
-            raise ValueError(f"features of dimension {features.shape[1]} cannot join statistics of dimension "
-                             f"{self.dim}")
+            raise ValueError(
+                f"features of dimension {features.shape[1]} cannot join statistics of dimension {self.dim}"
+            )
         f = features.to(self.total.device, torch.float64)
         self.count += len(f)
         self.total += f.sum(0)
@@ -108,8 +114,12 @@ class FeatureStats:
         if other.dim != self.dim:
             raise ValueError(f"cannot add FeatureStats of dimensions {self.dim} and {other.dim}")
         device = self.total.device
-        return FeatureStats(self.count + other.count, self.total + other.total.to(device),
-                            self.outer + other.outer.to(device), dict(self.meta))
+        return FeatureStats(
+            self.count + other.count,
+            self.total + other.total.to(device),
+            self.outer + other.outer.to(device),
+            dict(self.meta),
+        )
 
     def all_reduce(self, world: World) -> FeatureStats:
         """The sum of every rank's statistics, on every rank, in one all-reduce (self for a single process)."""
@@ -142,8 +152,10 @@ class FeatureStats:
             raise ValueError(f"{path} is not a FeatureStats file: {err}") from err
         count = meta.pop("count", "")
         if set(tensors) != {"total", "outer"} or not count.isdigit():
-            raise ValueError(f"{path} is not a FeatureStats file: it holds tensors {sorted(tensors)} and count "
-                             f"{count!r}, expected total, outer and a count")
+            raise ValueError(
+                f"{path} is not a FeatureStats file: it holds tensors {sorted(tensors)} and count "
+                f"{count!r}, expected total, outer and a count"
+            )
         return cls(int(count), tensors["total"], tensors["outer"], meta)
 
 
@@ -157,8 +169,10 @@ def frechet_distance_of_stats(a: FeatureStats, b: FeatureStats) -> float:
     if a.dim != b.dim:
         raise ValueError(f"the feature statistics differ in dimension: {a.dim} and {b.dim}")
     if min(a.count, b.count) < 2:
-        raise ValueError(f"the feature statistics count {a.count} and {b.count} samples; a covariance needs at "
-                         f"least 2 in each (and N ≫ d for a small bias)")
+        raise ValueError(
+            f"the feature statistics count {a.count} and {b.count} samples; a covariance needs at "
+            f"least 2 in each (and N ≫ d for a small bias)"
+        )
     # the sums are complete (summed over processes already): torchmetrics must not sum them across ranks again
     metric = FrechetInceptionDistance(feature=_Identity(a.dim), sync_on_compute=False)
     nothing = torch.zeros(0, a.dim, dtype=torch.float64)
@@ -212,8 +226,9 @@ class MnistFeatures(nn.Module):
         """The classifier saved at `path` (safetensors), in eval mode on the CPU."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no classifier weights at {path} (train them: python benchmarks/"
-                                    f"mnist_classifier.py)")
+            raise FileNotFoundError(
+                f"no classifier weights at {path} (train them: python benchmarks/mnist_classifier.py)"
+            )
         model = cls()
         try:
             model.load_state_dict(load_file(path))

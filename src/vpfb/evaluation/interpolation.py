@@ -1,5 +1,6 @@
 """Interpolation through the prior: slerp between two noises (norm kept), then the flow; real samples are first
 inverted to the prior by running the ODE backwards."""
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,14 @@ def slerp(z0: Tensor, z1: Tensor, alphas: Tensor) -> Tensor:
     return ((1 - a) * n0 + a * n1) * direction
 
 
-def interpolate(model: EnergyModel, steps: int = 8, x_a: Tensor | None = None, x_b: Tensor | None = None,
-                generator: torch.Generator | None = None, **ode) -> dict[str, Tensor]:
+def interpolate(
+    model: EnergyModel,
+    steps: int = 8,
+    x_a: Tensor | None = None,
+    x_b: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    **ode,
+) -> dict[str, Tensor]:
     """Samples along a slerp in the prior between two endpoints: fresh noises, or the inverted samples x_a, x_b.
     Returns the samples [steps, ...], their log_density (the energy along the path) and the prior points."""
     if steps < 2:

@@ -8,6 +8,7 @@ Times beyond 1 evaluate the potential at t = 1 (an autonomous Φ(x) ignores t an
   x ← x + h·w·d̂ + s·√(2h)ξ with w = 0.5 and s = noise_scale (0.3 CIFAR-10, 0.35 CelebA); it has no clean
   stationary law.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,9 +33,17 @@ class LongRun:
     snapshots: Tensor  # [K, N, ...] the states at those times
 
 
-def long_run(potential: Callable[[Tensor, Tensor], Tensor], x0: Tensor, method: str = "sgld", t_end: float = 20.0,
-             step_size: float = 0.02, temperature: float = 1.0, noise_scale: float = 0.3, records: int = 11,
-             generator: torch.Generator | None = None) -> LongRun:
+def long_run(
+    potential: Callable[[Tensor, Tensor], Tensor],
+    x0: Tensor,
+    method: str = "sgld",
+    t_end: float = 20.0,
+    step_size: float = 0.02,
+    temperature: float = 1.0,
+    noise_scale: float = 0.3,
+    records: int = 11,
+    generator: torch.Generator | None = None,
+) -> LongRun:
     """Run `method` from x0 for t_end / step_size steps, recording the diagnostics at `records` equally spaced
     times (both ends included)."""
     if method not in METHODS:

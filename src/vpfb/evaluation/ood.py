@@ -1,5 +1,6 @@
 """Out-of-distribution detection with a trained model's energy: scores (higher = more in-distribution) and the
 standard metrics, AUROC, AUPR (in-distribution positive) and FPR at 95% TPR, computed by scikit-learn."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -58,8 +59,10 @@ class MultiscaleEnergy:
 
     def __init__(self, model: EnergyModel, x_train: Tensor, times: tuple[float, ...] = TIMES, batch_size: int = 256):
         if len(x_train) < 2 * len(times) + 1:
-            raise ValueError(f"fitting {2 * len(times)} features needs more than {2 * len(times)} training images, "
-                             f"got {len(x_train)}")
+            raise ValueError(
+                f"fitting {2 * len(times)} features needs more than {2 * len(times)} training images, "
+                f"got {len(x_train)}"
+            )
         self.times = tuple(times)
         f = torch.cat([self.features(model, chunk) for chunk in torch.split(x_train, batch_size)])
         self.mean = f.mean(0)
@@ -82,8 +85,9 @@ class MultiscaleEnergy:
 Score = Callable[[EnergyModel, Tensor, Optional[float]], Tensor]
 
 
-def ood_scores(model: EnergyModel, x: Tensor, score: str | Score = "boltzmann", t: float | None = None,
-               batch_size: int = 256) -> Tensor:
+def ood_scores(
+    model: EnergyModel, x: Tensor, score: str | Score = "boltzmann", t: float | None = None, batch_size: int = 256
+) -> Tensor:
     """One score per sample, higher meaning more in-distribution, computed in batches; `score` names one of SCORES
     or is a fitted score such as MultiscaleEnergy."""
     if isinstance(score, str):
@@ -105,36 +109,58 @@ def ood_metrics(scores_in: Tensor, scores_out: Tensor) -> dict[str, float]:
     labels = np.concatenate([np.ones_like(s_in), np.zeros_like(s_out)])
     scores = np.concatenate([s_in, s_out])
     fpr, tpr, _ = roc_curve(labels, scores)
-    return {"auroc": float(roc_auc_score(labels, scores)), "aupr": float(average_precision_score(labels, scores)),
-            "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")])}
+    return {
+        "auroc": float(roc_auc_score(labels, scores)),
+        "aupr": float(average_precision_score(labels, scores)),
+        "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
+    }
 
 
 IN_DISTRIBUTION = "in-distribution"
 
 
-def score_sets(model: EnergyModel, x_in: Tensor, x_out: dict[str, Tensor],
-               scores: tuple[str, ...] | dict[str, Score] = ("boltzmann",),
-               t: float | None = None) -> dict[str, dict[str, Tensor]]:
+def score_sets(
+    model: EnergyModel,
+    x_in: Tensor,
+    x_out: dict[str, Tensor],
+    scores: tuple[str, ...] | dict[str, Score] = ("boltzmann",),
+    t: float | None = None,
+) -> dict[str, dict[str, Tensor]]:
     """{score: {"in-distribution": scores of x_in, OOD set name: its scores}}; all sets must match the model.
     `scores`: names of SCORES, or {name: score} with fitted ones."""
     if not isinstance(scores, dict):
         scores = {name: name for name in scores}
     for name, x in x_out.items():
         if tuple(x.shape[1:]) != model.shape:
-            raise ValueError(f"OOD set {name!r} has samples of shape {tuple(x.shape[1:])}; the model takes "
-                             f"{model.shape}: resize it first")
-    return {label: {IN_DISTRIBUTION: ood_scores(model, x_in, score, t),
-                    **{name: ood_scores(model, x, score, t) for name, x in x_out.items()}}
-            for label, score in scores.items()}
+            raise ValueError(
+                f"OOD set {name!r} has samples of shape {tuple(x.shape[1:])}; the model takes "
+                f"{model.shape}: resize it first"
+            )
+    return {
+        label: {
+            IN_DISTRIBUTION: ood_scores(model, x_in, score, t),
+            **{name: ood_scores(model, x, score, t) for name, x in x_out.items()},
+        }
+        for label, score in scores.items()
+    }
 
 
 def table_of(scored: dict[str, dict[str, Tensor]]) -> list[dict]:
     """Rows {ood set, score, auroc, aupr, fpr95} of every OOD set under every score of `score_sets`' result."""
-    return [{"ood": name, "score": score, **ood_metrics(sets[IN_DISTRIBUTION], s_out)}
-            for score, sets in scored.items() for name, s_out in sets.items() if name != IN_DISTRIBUTION]
+    return [
+        {"ood": name, "score": score, **ood_metrics(sets[IN_DISTRIBUTION], s_out)}
+        for score, sets in scored.items()
+        for name, s_out in sets.items()
+        if name != IN_DISTRIBUTION
+    ]
 
 
-def ood_table(model: EnergyModel, x_in: Tensor, x_out: dict[str, Tensor], scores: tuple[str, ...] = ("boltzmann",),
-              t: float | None = None) -> list[dict]:
+def ood_table(
+    model: EnergyModel,
+    x_in: Tensor,
+    x_out: dict[str, Tensor],
+    scores: tuple[str, ...] = ("boltzmann",),
+    t: float | None = None,
+) -> list[dict]:
     """Rows {ood set, score, auroc, aupr, fpr95} for every OOD set and score; all sets must match the model."""
     return table_of(score_sets(model, x_in, x_out, scores, t))

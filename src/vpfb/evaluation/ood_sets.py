@@ -6,11 +6,12 @@ test images (the paper's AUROCs of Φ_B at t = 1: 0.61, 0.67, 0.84, 0.78). "synt
 own held-out images against far sets (noise, constant, inverted, scikit-learn's digits) and near ones (rotated,
 blurred, shifted, and 0.5/0.5 mixes of two of them).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,8 @@ from torch import Tensor
 
 from vpfb.data import ImageData, load_images
 
-Source = Tuple[str, str]  # (named image set, split)
-Derived = Callable[[ImageData, Tensor, Optional[torch.Generator]], Dict[str, Tensor]]  # (set, batch, generator)
+Source = tuple[str, str]  # (named image set, split)
+Derived = Callable[[ImageData, Tensor, Optional[torch.Generator]], dict[str, Tensor]]  # (set, batch, generator)
 SET_CHANNELS = {"cifar10": 3, "cifar100": 3, "svhn": 3, "celeba": 3, "mnist": 1, "fashion-mnist": 1}
 
 
@@ -28,10 +29,15 @@ def synthetic_ood_sets(x: Tensor, generator: torch.Generator | None) -> dict[str
     far sets (uniform noise, constant images, inverted images, scikit-learn's 8×8 digits upscaled) and near ones
     (rotations by 90° and 180°, a Gaussian blur of σ = 1 pixel, a shift by 3 pixels right and down)."""
     n, c, h, w = x.shape
-    sets = {"uniform noise": torch.rand(x.shape, generator=generator) * 2 - 1,
-            "constant": (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1).expand_as(x).contiguous(),
-            "inverted": -x, "rotated 90°": torch.rot90(x, 1, (2, 3)), "rotated 180°": torch.rot90(x, 2, (2, 3)),
-            "blurred": gaussian_blur(x, 1.0), "shifted 3 px": shifted(x, 3)}
+    sets = {
+        "uniform noise": torch.rand(x.shape, generator=generator) * 2 - 1,
+        "constant": (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1).expand_as(x).contiguous(),
+        "inverted": -x,
+        "rotated 90°": torch.rot90(x, 1, (2, 3)),
+        "rotated 180°": torch.rot90(x, 2, (2, 3)),
+        "blurred": gaussian_blur(x, 1.0),
+        "shifted 3 px": shifted(x, 3),
+    }
     digits = load_images("digits")
     digits = digits.batch(torch.arange(n) % len(digits))
     sets["digits 8×8 upscaled"] = F.interpolate(digits, size=(h, w), mode="bilinear").expand(n, c, h, w).contiguous()
@@ -55,8 +61,9 @@ def shifted(x: Tensor, pixels: int) -> Tensor:
     return F.pad(x, (pixels, 0, pixels, 0), mode="replicate")[..., :h, :w]
 
 
-def interpolated_images(images: Tensor, n: int, generator: torch.Generator | None = None,
-                        weight: float = 0.5) -> Tensor:
+def interpolated_images(
+    images: Tensor, n: int, generator: torch.Generator | None = None, weight: float = 0.5
+) -> Tensor:
     """n mixtures λa + (1 − λ)b, λ = weight, of two images a ≠ b (distinct indices) of `images` [N, C, H, W],
     each pair drawn uniformly; λ = 0.5, the even blend, is the "interpolation" set of JEM/CDRL-style tables."""
     if len(images) < 2:
@@ -102,17 +109,26 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "cifar10": Protocol(("cifar10", "test"), {"svhn": ("svhn", "test"), "cifar100": ("cifar100", "test"),
-                                              "celeba": ("celeba", "test")}, _interpolations),
+    "cifar10": Protocol(
+        ("cifar10", "test"),
+        {"svhn": ("svhn", "test"), "cifar100": ("cifar100", "test"), "celeba": ("celeba", "test")},
+        _interpolations,
+    ),
     "fashion-mnist": Protocol(("fashion-mnist", "test"), {"mnist": ("mnist", "test")}, _interpolations),
     "mnist": Protocol(("mnist", "test"), {"fashion-mnist": ("fashion-mnist", "test")}, _interpolations),
     "synthetic": Protocol(None, {}, _synthetic),
 }
 
 
-def protocol_sets(name: str, shape: tuple[int, int, int], n: int, root: str | Path | None = None,
-                  generator: torch.Generator | None = None, download: bool = False,
-                  own: ImageData | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+def protocol_sets(
+    name: str,
+    shape: tuple[int, int, int],
+    n: int,
+    root: str | Path | None = None,
+    generator: torch.Generator | None = None,
+    download: bool = False,
+    own: ImageData | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """n in-distribution images and n of every OOD set of protocol `name`, floats in [-1, 1] of `shape` (C, H, W),
     each set drawn without replacement by `generator`, in the protocol's order.
 
@@ -125,22 +141,35 @@ def protocol_sets(name: str, shape: tuple[int, int, int], n: int, root: str | Pa
     shape = _check_shape(name, protocol, shape)
     _check_n(n)
     if (own is None) != (protocol.in_distribution is not None):
-        raise ValueError(f"protocol {name!r} " + ("tests the run's own images: pass them as own=ImageData"
-                                                  if own is None else "brings its own in-distribution set; "
-                                                  "own= is for the 'synthetic' protocol only"))
+        raise ValueError(
+            f"protocol {name!r} "
+            + (
+                "tests the run's own images: pass them as own=ImageData"
+                if own is None
+                else "brings its own in-distribution set; own= is for the 'synthetic' protocol only"
+            )
+        )
     channels, size = shape[0], shape[1]
     if own is not None and own.shape != shape:
         raise ValueError(f"own images are {own.shape}, the model takes {shape}")
     data = own if own is not None else _load(name, protocol.in_distribution, size, root, download)
     x = _draw(data, n, channels, generator, f"the in-distribution set {data.name}")
-    sets = {ood: _draw(_load(name, source, size, root, download), n, channels, generator, ood)
-            for ood, source in protocol.ood.items()}
+    sets = {
+        ood: _draw(_load(name, source, size, root, download), n, channels, generator, ood)
+        for ood, source in protocol.ood.items()
+    }
     return x, {**sets, **(protocol.derived(data, x, generator) if protocol.derived else {})}
 
 
-def reference_images(name: str, shape: tuple[int, int, int], n: int, root: str | Path | None = None,
-                     generator: torch.Generator | None = None, download: bool = False,
-                     own: ImageData | None = None) -> Tensor:
+def reference_images(
+    name: str,
+    shape: tuple[int, int, int],
+    n: int,
+    root: str | Path | None = None,
+    generator: torch.Generator | None = None,
+    download: bool = False,
+    own: ImageData | None = None,
+) -> Tensor:
     """Up to n in-distribution images of protocol `name` from a training split, never the images it scores: what a
     score fitted to the in-distribution set (MultiscaleEnergy) is fitted on. "synthetic" takes the run's own
     training split as `own`."""
@@ -148,8 +177,14 @@ def reference_images(name: str, shape: tuple[int, int, int], n: int, root: str |
     shape = _check_shape(name, protocol, shape)
     _check_n(n)
     if (own is None) != (protocol.in_distribution is not None):
-        raise ValueError(f"protocol {name!r} " + ("fits on the run's own training images: pass them as own="
-                                                  if own is None else "brings its own training split"))
+        raise ValueError(
+            f"protocol {name!r} "
+            + (
+                "fits on the run's own training images: pass them as own="
+                if own is None
+                else "brings its own training split"
+            )
+        )
     data = own if own is not None else _load(name, (protocol.in_distribution[0], "train"), shape[1], root, download)
     return _draw(data, min(n, len(data)), shape[0], generator, f"the training split of {data.name}")
 
@@ -175,9 +210,11 @@ def _check_shape(name: str, protocol: Protocol, shape) -> tuple[int, int, int]:
         raise ValueError(f"OOD protocols bring images to a square size; the model takes {c}×{h}×{w} images")
     if protocol.channels not in (None, c):
         fitting = [p for p, other in PROTOCOLS.items() if other.channels in (None, c)]
-        raise ValueError(f"protocol {name!r} tests models of {protocol.in_distribution[0]} "
-                         f"({protocol.channels} channels); this model takes {c}×{h}×{w} images: use protocol "
-                         f"{' or '.join(map(repr, fitting))}")
+        raise ValueError(
+            f"protocol {name!r} tests models of {protocol.in_distribution[0]} "
+            f"({protocol.channels} channels); this model takes {c}×{h}×{w} images: use protocol "
+            f"{' or '.join(map(repr, fitting))}"
+        )
     return shape
 
 
@@ -186,8 +223,10 @@ def _load(name: str, source: Source, size: int, root, download: bool) -> ImageDa
     try:
         return load_images(image_set, root=root, split=split, image_size=size, download=download, labels=False)
     except FileNotFoundError as err:  # load_images says where it looked and about download=True
-        raise FileNotFoundError(f"OOD protocol {name!r} needs the {split} split of {image_set}: {err}; from the "
-                                f"command line: vpfb eval RUN --task ood --protocol {name} --download") from err
+        raise FileNotFoundError(
+            f"OOD protocol {name!r} needs the {split} split of {image_set}: {err}; from the "
+            f"command line: vpfb eval RUN --task ood --protocol {name} --download"
+        ) from err
 
 
 def _draw(data: ImageData, n: int, channels: int, generator: torch.Generator | None, what: str) -> Tensor:

@@ -1,4 +1,5 @@
 """The 2-D experiment of the paper for one trained model: metrics on held-out points and three figures."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,9 +14,15 @@ from vpfb.likelihood import grid_box
 from vpfb.model import EnergyModel
 
 
-def report_2d(model: EnergyModel, x_test: Tensor, out: str | Path,
-              true_log_density: Callable[[Tensor], Tensor] | None = None, seed: int = 0,
-              langevin_steps: int = 1500, langevin_step_size: float = 2e-3) -> dict[str, float]:
+def report_2d(
+    model: EnergyModel,
+    x_test: Tensor,
+    out: str | Path,
+    true_log_density: Callable[[Tensor], Tensor] | None = None,
+    seed: int = 0,
+    langevin_steps: int = 1500,
+    langevin_step_size: float = 2e-3,
+) -> dict[str, float]:
     """Write trajectories.png, boltzmann.png and density.png to `out`; return the density metrics."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -33,9 +40,18 @@ def report_2d(model: EnergyModel, x_test: Tensor, out: str | Path,
     fig, axes = plots.figure(2)
     t = model.read_out_t
     plots.plot_density(axes[0], model.log_density, low, high, title=f"energy density (ψ read at t={t:g})")
-    prior = model.standardizer.inverse(torch.randn(2000, 2, generator=gen).to(model.device))  # chains start at the prior
-    chains = model.sample_langevin(2000, steps=langevin_steps, step_size=langevin_step_size, x0=prior, generator=gen,
-                                   metropolis=False, denoise=False)
+    prior = model.standardizer.inverse(
+        torch.randn(2000, 2, generator=gen).to(model.device)
+    )  # chains start at the prior
+    chains = model.sample_langevin(
+        2000,
+        steps=langevin_steps,
+        step_size=langevin_step_size,
+        x0=prior,
+        generator=gen,
+        metropolis=False,
+        denoise=False,
+    )
     plots.plot_samples(axes[1], chains, low, high, f"SGLD from the prior ({langevin_steps} steps)")
     plots.save(fig, out / "boltzmann.png")
 
@@ -44,8 +60,9 @@ def report_2d(model: EnergyModel, x_test: Tensor, out: str | Path,
         plots.plot_density(axes[0], true_log_density, low, high, title="true density")
     else:
         plots.plot_samples(axes[0], x_test, low, high, "data", color="C0")
-    plots.plot_density(axes[1], model.log_density, low, high,
-                       title=f"model energy density (NLL {metrics['energy_nll']:.3f})")
+    plots.plot_density(
+        axes[1], model.log_density, low, high, title=f"model energy density (NLL {metrics['energy_nll']:.3f})"
+    )
     plots.plot_samples(axes[2], solution.x, low, high, f"ODE samples (CNF NLL {metrics['cnf_nll']:.3f})")
     plots.save(fig, out / "density.png")
     return metrics

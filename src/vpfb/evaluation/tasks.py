@@ -1,5 +1,6 @@
 """`vpfb eval RUN --task T`: each task reads a trained image or point model, writes a table (JSON) and a picture
 into the output folder, and returns its numbers. The work is done by the evaluation modules; this file wires."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from vpfb import distributed
 from vpfb.data import IMAGE_SETS, ImageData, load_images
 from vpfb.evaluation.composition import average, negate
 from vpfb.evaluation.fid import task_fid
@@ -17,7 +19,6 @@ from vpfb.evaluation.longrun import long_run
 from vpfb.evaluation.ood import MultiscaleEnergy, score_sets, table_of
 from vpfb.evaluation.ood_sets import PROTOCOLS, protocol_sets, reference_images
 from vpfb.model import EnergyModel
-from vpfb import distributed
 
 
 def run_data(model: EnergyModel, split: str = "test") -> tuple[ImageData, str]:
@@ -45,20 +46,42 @@ def task_likelihood(model, out, n, generator) -> dict:
     return {"images": len(images), "split": split, "bits_per_dim": bpd, "standard_error": se}
 
 
-OOD_SCORES = ("log_density", "energy_multiscale", "likelihood", "likelihood_complexity", "energy_complexity",
-              "grad_norm", "boltzmann")
+OOD_SCORES = (
+    "log_density",
+    "energy_multiscale",
+    "likelihood",
+    "likelihood_complexity",
+    "energy_complexity",
+    "grad_norm",
+    "boltzmann",
+)
 
 
-def task_ood(model, out, n, generator, protocol: str = "synthetic", root: str | None = None,
-             download: bool = False, scores: tuple[str, ...] = OOD_SCORES) -> dict:
+def task_ood(
+    model,
+    out,
+    n,
+    generator,
+    protocol: str = "synthetic",
+    root: str | None = None,
+    download: bool = False,
+    scores: tuple[str, ...] = OOD_SCORES,
+) -> dict:
     own, split = None, None
     if PROTOCOLS.get(protocol) and PROTOCOLS[protocol].in_distribution is None:
         own, split = run_data(model)
     unknown = set(scores) - set(OOD_SCORES)
     if unknown:
         raise ValueError(f"unknown OOD score(s) {sorted(unknown)}; choose from {', '.join(OOD_SCORES)}")
-    x, sets = protocol_sets(protocol, model.shape, n, root=root or model.config.data.root or None,
-                            generator=generator, download=download, own=own)
+    x, sets = protocol_sets(
+        protocol,
+        model.shape,
+        n,
+        root=root or model.config.data.root or None,
+        generator=generator,
+        download=download,
+        own=own,
+    )
     from vpfb.plots import save_score_histograms
 
     if not model.boltzmann_is_informative():  # Φ_B at t = 1 does not depend on the weights of every model
@@ -68,13 +91,25 @@ def task_ood(model, out, n, generator, protocol: str = "synthetic", root: str | 
     fitted = {}
     if "energy_multiscale" in scores:  # fitted on training images, never on the held-out ones it scores
         train = run_data(model, "train")[0] if own is not None else None
-        reference = reference_images(protocol, model.shape, max(n, 500), root=root or model.config.data.root or None,
-                                     generator=generator, download=download, own=train)
+        reference = reference_images(
+            protocol,
+            model.shape,
+            max(n, 500),
+            root=root or model.config.data.root or None,
+            generator=generator,
+            download=download,
+            own=train,
+        )
         fitted["energy_multiscale"] = MultiscaleEnergy(model, reference)
     scored = score_sets(model, x, sets, scores={s: fitted.get(s, s) for s in scores})
     save_score_histograms(scored, out / "ood.png")
-    return {"protocol": protocol, "in_distribution": model.config.data.name if own else protocol,
-            "split": split or PROTOCOLS[protocol].in_distribution[1], "images": n, "rows": table_of(scored)}
+    return {
+        "protocol": protocol,
+        "in_distribution": model.config.data.name if own else protocol,
+        "split": split or PROTOCOLS[protocol].in_distribution[1],
+        "images": n,
+        "rows": table_of(scored),
+    }
 
 
 def task_interpolation(model, out, n, generator) -> dict:
@@ -87,8 +122,12 @@ def task_interpolation(model, out, n, generator) -> dict:
         rows.append(path["samples"])
         energies.append(path["log_density"].tolist())
     save_image_grid(torch.cat(rows), out / "interpolation.png", columns=8)
-    return {"rows": len(rows), "first_row": f"two real images ({split} split), inverted and interpolated",
-            "split": split, "log_density": energies}
+    return {
+        "rows": len(rows),
+        "first_row": f"two real images ({split} split), inverted and interpolated",
+        "split": split,
+        "log_density": energies,
+    }
 
 
 def task_composition(model, out, n, generator, labels: tuple[int, int] = (0, 1)) -> dict:
@@ -109,15 +148,24 @@ def task_longrun(model, out, n, generator, t_end: float = 20.0, step_size: float
     runs = {m: long_run(model.phi, x0, m, t_end, step_size, generator=generator) for m in ("ode", "sgld", "released")}
     save_long_run(runs, out / "longrun.png")
     for name, run in runs.items():
-        save_image_grid(run.snapshots[:, : min(n, 8)].transpose(0, 1).flatten(0, 1), out / f"longrun_{name}.png",
-                        columns=len(run.times))
-    return {m: {"times": r.times.tolist(), "mean_grad_sq": r.mean_grad_sq.tolist(), "mean_phi": r.mean_phi.tolist()}
-            for m, r in runs.items()}
+        save_image_grid(
+            run.snapshots[:, : min(n, 8)].transpose(0, 1).flatten(0, 1),
+            out / f"longrun_{name}.png",
+            columns=len(run.times),
+        )
+    return {
+        m: {"times": r.times.tolist(), "mean_grad_sq": r.mean_grad_sq.tolist(), "mean_phi": r.mean_phi.tolist()}
+        for m, r in runs.items()
+    }
 
 
 TASKS: dict[str, Callable[..., dict]] = {
-    "fid": task_fid, "likelihood": task_likelihood, "ood": task_ood, "interpolation": task_interpolation,
-    "composition": task_composition, "longrun": task_longrun,
+    "fid": task_fid,
+    "likelihood": task_likelihood,
+    "ood": task_ood,
+    "interpolation": task_interpolation,
+    "composition": task_composition,
+    "longrun": task_longrun,
 }
 
 

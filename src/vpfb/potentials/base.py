@@ -1,4 +1,5 @@
 """What every potential shares: Φ maps (x [N, ...], t [N]) to a scalar per sample, and v = ∇ₓΦ."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -9,8 +10,9 @@ from torch import Tensor, nn
 Potential = Callable[[Tensor, Tensor], Tensor]
 
 
-def value_and_grad(fn: Callable[[Tensor], Tensor], x: Tensor, create_graph: bool = False,
-                   rows: int | None = None) -> tuple[Tensor, Tensor]:
+def value_and_grad(
+    fn: Callable[[Tensor], Tensor], x: Tensor, create_graph: bool = False, rows: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Return a per-sample scalar field fn(x) [N] and its gradient ∇ₓ fn(x) at the first `rows` samples (all by
     default), even under torch.no_grad."""
     with torch.enable_grad():
@@ -62,6 +64,7 @@ class CompiledVelocity:
             def total(y: Tensor) -> tuple[Tensor, Tensor]:
                 phi = potential(y, t)
                 return phi[:rows].sum(), phi
+
             grad, (_, phi) = torch.func.grad_and_value(total, has_aux=True)(x)
             return phi, grad[:rows]
 

@@ -2,6 +2,7 @@
 
 Both are differentiated twice in training (the loss reads ∇ₓΦ), so they add only smooth ops.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

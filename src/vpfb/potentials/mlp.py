@@ -1,4 +1,5 @@
 """Multilayer perceptrons on vectors: a scalar potential Φ(x, t) or Φ(x), and the same trunk with a vector head."""
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ Ritz step costs about 3x a flow-matching step (the double backward of convolutio
 many small kernels); `torch.compile` of v = torch.func.grad(Φ) fuses them. Heads that turn U into a scalar Φ live
 in `vpfb.potentials.heads`.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,15 +20,47 @@ UNET_CONFIGS = {
     # The released CIFAR-10 network: 128 channels with mult (2, 2, 2), so 256 channels at 32, 16 and 8 pixels;
     # no convolutions in the resampling layers; 55.7M parameters. CelebA 64x64 used the same settings (attention
     # at downsampling rate 2, i.e. 32 pixels).
-    "cifar10": dict(in_channels=3, image_size=32, model_channels=128, channel_mult=(2, 2, 2), num_res_blocks=4,
-                    attention_resolutions=(16,), num_heads=1, dropout=0.3),
-    "celeba64": dict(in_channels=3, image_size=64, model_channels=128, channel_mult=(2, 2, 2), num_res_blocks=4,
-                     attention_resolutions=(32,), num_heads=1, dropout=0.3),
+    "cifar10": dict(
+        in_channels=3,
+        image_size=32,
+        model_channels=128,
+        channel_mult=(2, 2, 2),
+        num_res_blocks=4,
+        attention_resolutions=(16,),
+        num_heads=1,
+        dropout=0.3,
+    ),
+    "celeba64": dict(
+        in_channels=3,
+        image_size=64,
+        model_channels=128,
+        channel_mult=(2, 2, 2),
+        num_res_blocks=4,
+        attention_resolutions=(32,),
+        num_heads=1,
+        dropout=0.3,
+    ),
     # Small settings that train on a CPU: 1.07M and 0.18M parameters.
-    "mnist5k-cpu": dict(in_channels=1, image_size=28, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                        attention_resolutions=(7,), num_heads=1, dropout=0.1),
-    "digits-cpu": dict(in_channels=1, image_size=8, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                       attention_resolutions=(4,), num_heads=1, dropout=0.0),
+    "mnist5k-cpu": dict(
+        in_channels=1,
+        image_size=28,
+        model_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(7,),
+        num_heads=1,
+        dropout=0.1,
+    ),
+    "digits-cpu": dict(
+        in_channels=1,
+        image_size=8,
+        model_channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        num_heads=1,
+        dropout=0.0,
+    ),
 }
 
 
@@ -122,18 +155,21 @@ class EmbedSequential(nn.Sequential):
         return h
 
 
-def _level_sizes(in_channels, image_size, model_channels, channel_mult, num_res_blocks, attention_resolutions,
-                 num_classes) -> list[int]:
+def _level_sizes(
+    in_channels, image_size, model_channels, channel_mult, num_res_blocks, attention_resolutions, num_classes
+) -> list[int]:
     """Check a U-Net's settings; return each level's image size in pixels."""
     if min(in_channels, model_channels, num_res_blocks, len(channel_mult), *channel_mult) < 1:
         raise ValueError("in_channels, model_channels, num_res_blocks and channel_mult must be positive")
     if image_size < 1 or image_size % 2 ** (len(channel_mult) - 1):
-        raise ValueError(f"image_size {image_size} must be divisible by 2^{len(channel_mult) - 1} "
-                         f"for {len(channel_mult)} levels")
+        raise ValueError(
+            f"image_size {image_size} must be divisible by 2^{len(channel_mult) - 1} for {len(channel_mult)} levels"
+        )
     sizes = [image_size // 2**k for k in range(len(channel_mult))]
     if not set(attention_resolutions) <= set(sizes):
-        raise ValueError(f"attention_resolutions {tuple(attention_resolutions)} must be among the levels' "
-                         f"image sizes {sizes}")
+        raise ValueError(
+            f"attention_resolutions {tuple(attention_resolutions)} must be among the levels' image sizes {sizes}"
+        )
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be positive or None, got {num_classes}")
     return sizes
@@ -153,21 +189,37 @@ class UNet(nn.Module):
         image_output: False builds the trunk alone (`features`, no output norm and conv), for `ScalarHead`.
     """
 
-    def __init__(self, in_channels: int = 3, image_size: int = 32, model_channels: int = 128,
-                 channel_mult: tuple[int, ...] = (2, 2, 2), num_res_blocks: int = 4,
-                 attention_resolutions: tuple[int, ...] = (16,), num_heads: int = 1, dropout: float = 0.0,
-                 use_scale_shift_norm: bool = True, num_classes: int | None = None, time_varying: bool = True,
-                 max_freq: float = 1000.0, image_output: bool = True):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        image_size: int = 32,
+        model_channels: int = 128,
+        channel_mult: tuple[int, ...] = (2, 2, 2),
+        num_res_blocks: int = 4,
+        attention_resolutions: tuple[int, ...] = (16,),
+        num_heads: int = 1,
+        dropout: float = 0.0,
+        use_scale_shift_norm: bool = True,
+        num_classes: int | None = None,
+        time_varying: bool = True,
+        max_freq: float = 1000.0,
+        image_output: bool = True,
+    ):
         super().__init__()
-        sizes = _level_sizes(in_channels, image_size, model_channels, channel_mult, num_res_blocks,
-                             attention_resolutions, num_classes)
+        sizes = _level_sizes(
+            in_channels, image_size, model_channels, channel_mult, num_res_blocks, attention_resolutions, num_classes
+        )
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         self.model_channels, self.time_varying, self.max_freq = model_channels, time_varying, max_freq
         emb_dim = 4 * model_channels if time_varying or num_classes is not None else None
-        self.time_embed = (nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-                           if time_varying else None)
-        self.label_embed = (None if num_classes is None
-                            else nn.Embedding(num_classes + 1, emb_dim, padding_idx=num_classes))
+        self.time_embed = (
+            nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if time_varying
+            else None
+        )
+        self.label_embed = (
+            None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim, padding_idx=num_classes)
+        )
 
         def res_block(c_in, c_out):
             return ResBlock(c_in, c_out, emb_dim, dropout, use_scale_shift_norm)
@@ -180,8 +232,9 @@ class UNet(nn.Module):
         skips, self.down = [ch], nn.ModuleList()
         for level, (mult, size) in enumerate(zip(channel_mult, sizes)):
             for _ in range(num_res_blocks):
-                self.down.append(EmbedSequential(res_block(ch, model_channels * mult),
-                                                 *attention(model_channels * mult, size)))
+                self.down.append(
+                    EmbedSequential(res_block(ch, model_channels * mult), *attention(model_channels * mult, size))
+                )
                 ch = model_channels * mult
                 skips.append(ch)
             if level < len(channel_mult) - 1:  # the released network resamples without convolutions
@@ -208,8 +261,10 @@ class UNet(nn.Module):
     def features(self, x: Tensor, t: Tensor | None = None, c: Tensor | None = None) -> Tensor:
         """The last decoder feature map h [N, feature_channels, H, W], before the output norm and conv."""
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2:] != (self.image_size, self.image_size):
-            raise ValueError(f"expected images of shape [N, {self.in_channels}, {self.image_size}, "
-                             f"{self.image_size}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected images of shape [N, {self.in_channels}, {self.image_size}, "
+                f"{self.image_size}], got {tuple(x.shape)}"
+            )
         emb = self.embedding(x, t, c)
         h = self.input_conv(x)
         hs = [h]

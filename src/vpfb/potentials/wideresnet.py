@@ -8,6 +8,7 @@ Two departures from the classifier WRN, both forced by training ∇ₓΦ:
 - GroupNorm, not BatchNorm. BatchNorm couples the samples of a batch, so Φ(xᵢ) would depend on the other xⱼ,
   ∇ₓΦ summed over the batch would carry cross-sample terms, and training and evaluation would differ.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -6,6 +6,7 @@ optimiser hyper-parameters, config) and a SHA-256 of the tensors. Files are writ
 and renamed, so a crash never leaves a half file under a checkpoint's name; a corrupt file is skipped for the one
 before it, with a warning.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,15 @@ class Snapshot:
     source: str = "memory"  # where it came from, for messages
 
 
-def capture(step: int, seconds: float, model: nn.Module, ema: nn.Module, optimiser: torch.optim.Optimizer,
-            generator: torch.Generator, config: dict) -> Snapshot:
+def capture(
+    step: int,
+    seconds: float,
+    model: nn.Module,
+    ema: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    generator: torch.Generator,
+    config: dict,
+) -> Snapshot:
     """Copy the training state to CPU: weights, EMA, optimiser, and the torch, CUDA and batch RNG states."""
     tensors = {f"model.{k}": _copy(v) for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": _copy(v) for k, v in ema.state_dict().items()})
@@ -56,8 +64,7 @@ def capture(step: int, seconds: float, model: nn.Module, ema: nn.Module, optimis
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     # through JSON now, so that a restore from memory and one from disk see the very same values
-    meta = json.loads(json.dumps({"param_groups": opt["param_groups"], "optimiser_scalars": scalars,
-                                  "config": config}))
+    meta = json.loads(json.dumps({"param_groups": opt["param_groups"], "optimiser_scalars": scalars, "config": config}))
     return Snapshot(step, seconds, tensors, meta)
 
 
@@ -83,8 +90,11 @@ def restore_rng(snapshot: Snapshot, generator: torch.Generator) -> None:
     if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
         torch.cuda.set_rng_state_all(cuda)
     elif cuda:
-        warnings.warn(f"{snapshot.source} holds {len(cuda)} CUDA RNG states that cannot be restored here; the run "
-                      f"continues, but its noise differs from an uninterrupted one", stacklevel=2)
+        warnings.warn(
+            f"{snapshot.source} holds {len(cuda)} CUDA RNG states that cannot be restored here; the run "
+            f"continues, but its noise differs from an uninterrupted one",
+            stacklevel=2,
+        )
 
 
 def checkpoint_paths(run_dir: Path) -> list[Path]:
@@ -99,8 +109,13 @@ def save(snapshot: Snapshot, run_dir: Path, keep: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".step-*.tmp"):  # left by a process killed while writing
         stale.unlink()
-    record = {"format": FORMAT, "step": snapshot.step, "seconds": snapshot.seconds, **snapshot.meta,
-              "sha256": digest(snapshot.tensors)}
+    record = {
+        "format": FORMAT,
+        "step": snapshot.step,
+        "seconds": snapshot.seconds,
+        **snapshot.meta,
+        "sha256": digest(snapshot.tensors),
+    }
     path = folder / f"step-{snapshot.step:08d}.safetensors"
     atomic_write(path, safetensors_bytes(snapshot.tensors, metadata={"vpfb": json.dumps(record)}))
     for old in checkpoint_paths(run_dir)[keep:]:
@@ -137,8 +152,11 @@ def load_latest(run_dir: Path) -> Snapshot | None:
             warnings.warn(f"skipping checkpoint {path}: {err}; trying the one before", stacklevel=2)
             reasons.append(f"{path.name}: {err}")
     if paths:
-        raise CorruptCheckpointError(f"no usable checkpoint in {run_dir / 'checkpoints'}: " + "; ".join(reasons)
-                           + ". Move the folder away to start afresh.")
+        raise CorruptCheckpointError(
+            f"no usable checkpoint in {run_dir / 'checkpoints'}: "
+            + "; ".join(reasons)
+            + ". Move the folder away to start afresh."
+        )
     return None
 
 
@@ -148,18 +166,22 @@ def _copy(t: Tensor) -> Tensor:
 
 
 def _part(snapshot: Snapshot, prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in snapshot.tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in snapshot.tensors.items() if k.startswith(prefix)}
 
 
 def _check_fits(source: str, saved: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"checkpoint {source} does not fit this model: missing {missing or 'nothing'}, "
-                         f"unexpected {unexpected or 'nothing'}")
+        raise ValueError(
+            f"checkpoint {source} does not fit this model: missing {missing or 'nothing'}, "
+            f"unexpected {unexpected or 'nothing'}"
+        )
     for name, value in expected.items():
         if saved[name].shape != value.shape:
-            raise ValueError(f"checkpoint {source} is from a different architecture: parameter {name} has shape "
-                             f"{tuple(saved[name].shape)}, model expects {tuple(value.shape)}")
+            raise ValueError(
+                f"checkpoint {source} is from a different architecture: parameter {name} has shape "
+                f"{tuple(saved[name].shape)}, model expects {tuple(value.shape)}"
+            )
 
 
 def _optimiser_state(snapshot: Snapshot, optimiser: torch.optim.Optimizer) -> dict:
@@ -169,8 +191,9 @@ def _optimiser_state(snapshot: Snapshot, optimiser: torch.optim.Optimizer) -> di
     saved_sizes = [len(g["params"]) for g in groups]
     sizes = [len(g["params"]) for g in optimiser.param_groups]
     if saved_sizes != sizes:
-        raise ValueError(f"checkpoint {snapshot.source}: its optimiser has parameter groups of sizes {saved_sizes}, "
-                         f"this one {sizes}")
+        raise ValueError(
+            f"checkpoint {snapshot.source}: its optimiser has parameter groups of sizes {saved_sizes}, this one {sizes}"
+        )
     state: dict[int, dict] = {int(i): dict(s) for i, s in snapshot.meta["optimiser_scalars"].items()}
     for key, value in _part(snapshot, "optimiser.").items():
         index, name = key.split(".", 1)
@@ -178,11 +201,13 @@ def _optimiser_state(snapshot: Snapshot, optimiser: torch.optim.Optimizer) -> di
     for index, entries in state.items():
         for name, value in entries.items():
             if isinstance(value, Tensor) and value.dim() and value.shape != params[index].shape:
-                raise ValueError(f"checkpoint {snapshot.source}: optimiser {name} of parameter {index} has shape "
-                                 f"{tuple(value.shape)}, the parameter {tuple(params[index].shape)}")
+                raise ValueError(
+                    f"checkpoint {snapshot.source}: optimiser {name} of parameter {index} has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(params[index].shape)}"
+                )
     return {"state": state, "param_groups": groups}
 
 
 def _step_of(path: Path) -> int | None:
-    digits = path.stem[len("step-"):]
+    digits = path.stem[len("step-") :]
     return int(digits) if digits.isdigit() else None

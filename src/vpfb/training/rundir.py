@@ -1,6 +1,7 @@
 """A run directory's identity and lock. Before anything is written, `claim` checks that the directory is new, or holds
 the same run (configuration, data fingerprint), and takes an exclusive lock for the whole training; it then records
 what made the run in run.json, so that a later command can tell whether it continues this run or a different one."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,8 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from vpfb import __version__
 from vpfb.files import atomic_write
@@ -17,11 +18,28 @@ from vpfb.files import atomic_write
 RECORD, LOCK = "run.json", ".lock"
 EXISTING = ("check", "resume", "restart")
 # settings that change how a run is logged or where it runs, not what it trains: they may differ on a resume
-BOOKKEEPING = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.sample_every",
-               "train.tensorboard", "train.device", "eval.")
+BOOKKEEPING = (
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.sample_every",
+    "train.tensorboard",
+    "train.device",
+    "eval.",
+)
 # what a run writes; "restart" removes these, and only these
-RUN_FILES = ("checkpoints", "samples", "eval", "tensorboard", "metrics.csv", "metrics.json", "model.safetensors",
-             "model.json", "config.yaml", RECORD)
+RUN_FILES = (
+    "checkpoints",
+    "samples",
+    "eval",
+    "tensorboard",
+    "metrics.csv",
+    "metrics.json",
+    "model.safetensors",
+    "model.json",
+    "config.yaml",
+    RECORD,
+)
 
 try:
     import fcntl
@@ -49,11 +67,16 @@ def claim(run_dir: str | Path | None, config: dict, data: str, existing: str = "
     run = Path(run_dir)
     if run.exists() and not run.is_dir():
         raise RunDirectoryError(f"{run} is a file; give a directory as --out")
-    foreign = run.is_dir() and not (run / RECORD).exists() and not (run / "checkpoints").is_dir() and any(
-        entry.name != LOCK for entry in run.iterdir())
+    foreign = (
+        run.is_dir()
+        and not (run / RECORD).exists()
+        and not (run / "checkpoints").is_dir()
+        and any(entry.name != LOCK for entry in run.iterdir())
+    )
     if foreign:
-        raise RunDirectoryError(f"{run} is not empty and holds no vpfb run; nothing was written there. Give a new or "
-                                f"empty --out")
+        raise RunDirectoryError(
+            f"{run} is not empty and holds no vpfb run; nothing was written there. Give a new or empty --out"
+        )
     run.mkdir(parents=True, exist_ok=True)
     with _locked(run):
         record = {"config": config, "data": data, "vpfb": __version__}
@@ -69,8 +92,10 @@ def _compare(run: Path, record: dict, existing: str) -> None:
     """Raise (check) or warn (resume) when `run` holds a run other than `record`."""
     if not (run / RECORD).exists():
         if (run / "checkpoints").is_dir() and existing == "check":
-            raise RunDirectoryError(f"{run} holds a run without a record of what made it (an older vpfb); add "
-                                    f"--resume to continue it, --force to start afresh, or give a new --out")
+            raise RunDirectoryError(
+                f"{run} holds a run without a record of what made it (an older vpfb); add "
+                f"--resume to continue it, --force to start afresh, or give a new --out"
+            )
         return
     try:
         old = json.loads((run / RECORD).read_text())
@@ -80,15 +105,20 @@ def _compare(run: Path, record: dict, existing: str) -> None:
     except (ValueError, KeyError, TypeError) as err:
         raise RunDirectoryError(f"{run / RECORD} is damaged ({err}); add --force to start the run afresh") from err
     if old.get("vpfb") != record["vpfb"]:
-        warnings.warn(f"{run} was made by vpfb {old.get('vpfb')}, this is {record['vpfb']}: a resumed run may differ "
-                      f"from an uninterrupted one", stacklevel=4)
+        warnings.warn(
+            f"{run} was made by vpfb {old.get('vpfb')}, this is {record['vpfb']}: a resumed run may differ "
+            f"from an uninterrupted one",
+            stacklevel=4,
+        )
     if not differences:
         return
     listed = "; ".join(differences)
     if existing == "check":
-        raise RunDirectoryError(f"{run} holds a different run ({listed}); nothing was changed. Give a new --out, add "
-                                f"--resume to continue that run with these settings, or --force to discard it and "
-                                f"start afresh")
+        raise RunDirectoryError(
+            f"{run} holds a different run ({listed}); nothing was changed. Give a new --out, add "
+            f"--resume to continue that run with these settings, or --force to discard it and "
+            f"start afresh"
+        )
     warnings.warn(f"resuming {run} with other settings than it was started with ({listed})", stacklevel=4)
 
 
@@ -126,8 +156,9 @@ def _locked(run: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunDirectoryError(f"another vpfb process (pid {holder}) is training in {run}; wait for it or give "
-                                    f"another --out") from None
+            raise RunDirectoryError(
+                f"another vpfb process (pid {holder}) is training in {run}; wait for it or give another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield

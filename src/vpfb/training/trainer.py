@@ -1,17 +1,18 @@
 """The training loop: Adam with warm-up and cosine decay, gradient clipping, an EMA of the weights, a guard against
 non-finite steps, metrics to CSV (and TensorBoard), and checkpoints from which a run resumes exactly."""
+
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import math
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Union
+from typing import Callable, Protocol, Union
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ from vpfb.distributed import World
 from vpfb.losses import LossOutput
 from vpfb.potentials import CompiledVelocity
 from vpfb.training import checkpoint
+from vpfb.training.metrics import MetricsLog, metrics_log
 
 
 class BatchSource(Protocol):
@@ -138,51 +140,17 @@ def draw_batch(data: Data, generator: torch.Generator, size: int, device: torch.
     return batch[part].to(device) if isinstance(batch, Tensor) else tuple(b[part].to(device) for b in batch)
 
 
-class MetricsLog:
-    """Rows {step, seconds, lr, loss parts, grad_norm} to a CSV, flushed per row, and optionally to TensorBoard.
-    Continuing a run from `start_step` drops the rows logged after it, so that no step appears twice."""
-
-    def __init__(self, csv_path: Path | None, tensorboard_dir: Path | None, start_step: int):
-        self.csv_path, self.fh, self.writer, self.tb, self.kept = csv_path, None, None, None, []
-        if csv_path is not None and start_step > 0 and csv_path.exists():
-            with open(csv_path, newline="") as fh:
-                self.kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= start_step]
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                warnings.warn("train.tensorboard is set but tensorboard is not installed (pip install tensorboard); "
-                              "metrics go to the CSV only", stacklevel=3)
-            else:
-                self.tb = SummaryWriter(str(tensorboard_dir), purge_step=start_step + 1 if start_step else None)
-
-    def write(self, row: dict) -> None:
-        if self.csv_path is not None:
-            if self.writer is None:  # opened at the first row: a resumed run that logs nothing leaves the file be
-                self.fh = open(self.csv_path, "w", newline="")
-                self.writer = csv.DictWriter(self.fh, fieldnames=list(self.kept[0] if self.kept else row))
-                self.writer.writeheader()
-                self.writer.writerows(self.kept)
-            self.writer.writerow(row)
-            self.fh.flush()
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "step":
-                    self.tb.add_scalar(key, value, row["step"])
-
-    def __enter__(self) -> MetricsLog:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fh is not None:
-            self.fh.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutput], data: Data, cfg: TrainConfig,
-          metrics_csv: Path | None = None, progress_bar: bool = True, *, run_dir: Path | None = None,
-          callback: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
+def train(
+    potential: nn.Module,
+    loss_fn: Callable[[nn.Module, Tensor], LossOutput],
+    data: Data,
+    cfg: TrainConfig,
+    metrics_csv: Path | None = None,
+    progress_bar: bool = True,
+    *,
+    run_dir: Path | None = None,
+    callback: Callable[[int, nn.Module], None] | None = None,
+) -> TrainResult:
     """Minimise loss_fn(potential, batch) over random batches of `data` for cfg.steps steps (or cfg.time_budget s).
 
     With a `run_dir`, checkpoints go to run_dir/checkpoints every cfg.checkpoint_every steps and metrics to
@@ -202,28 +170,44 @@ def train(potential: nn.Module, loss_fn: Callable[[nn.Module, Tensor], LossOutpu
     check_train_config(cfg)
     world = distributed.current()
     if cfg.batch_size % world.size:
-        raise ValueError(f"train.batch_size={cfg.batch_size} is the global batch and must divide by the "
-                         f"{world.size} processes")
+        raise ValueError(
+            f"train.batch_size={cfg.batch_size} is the global batch and must divide by the {world.size} processes"
+        )
     if len(data) < 2:
         raise ValueError(f"need at least 2 training points, got {len(data)}")
     if not isinstance(data, Tensor) and not callable(getattr(data, "batch", None)):
         raise TypeError(f"data must be a tensor or have a batch(index, generator) method, got {type(data).__name__}")
     if cfg.batch_size > len(data) and world.is_main:
-        warnings.warn(f"train.batch_size={cfg.batch_size} is larger than the {len(data)} training points: batches "
-                      f"repeat points (they are drawn with replacement)", stacklevel=2)
+        warnings.warn(
+            f"train.batch_size={cfg.batch_size} is larger than the {len(data)} training points: batches "
+            f"repeat points (they are drawn with replacement)",
+            stacklevel=2,
+        )
     if run_dir is not None:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     device = next(potential.parameters()).device
     if cfg.compile and cfg.amp == "bf16" and device.type == "cpu":
-        raise ValueError("train.compile=true with train.amp=bf16 on the CPU: inductor generates a broken second "
-                         "backward there (UnboundLocalError inside the compiled code, torch 2.13); drop one of them")
+        raise ValueError(
+            "train.compile=true with train.amp=bf16 on the CPU: inductor generates a broken second "
+            "backward there (UnboundLocalError inside the compiled code, torch 2.13); drop one of them"
+        )
     with cpu_threads(cfg, potential, device):
         return _train(potential, loss_fn, data, cfg, metrics_csv, progress_bar, run_dir, callback, device, world)
 
 
-def _train(potential, loss_fn, data, cfg: TrainConfig, metrics_csv, progress_bar: bool, run_dir: Path | None,
-           callback, device: torch.device, world: World) -> TrainResult:
+def _train(
+    potential,
+    loss_fn,
+    data,
+    cfg: TrainConfig,
+    metrics_csv,
+    progress_bar: bool,
+    run_dir: Path | None,
+    callback,
+    device: torch.device,
+    world: World,
+) -> TrainResult:
     world.broadcast_(potential)
     torch.manual_seed(cfg.seed + world.rank)  # each rank its own noise; rank 0 draws a single process's
     batches = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: the same global batches
@@ -249,8 +233,9 @@ def _train(potential, loss_fn, data, cfg: TrainConfig, metrics_csv, progress_bar
     history: list[dict] = []
     failures, first_failure = 0, ""
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress_bar and world.is_main), desc="train",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps, initial=step, disable=not (progress_bar and world.is_main), desc="train", dynamic_ncols=True
+    )
     with log, bar:
         while step < cfg.steps:
             elapsed = time.perf_counter() - start
@@ -282,25 +267,33 @@ def _train(potential, loss_fn, data, cfg: TrainConfig, metrics_csv, progress_bar
                     raise FloatingPointError(
                         f"{first_failure}; non-finite again after {cfg.max_restores} restore(s) of the state of step "
                         f"{good.step}{kept}. Lower train.lr, raise train.warmup_steps or loss.t_min, or clip "
-                        f"gradients (train.grad_clip, train.clip_mode)")
+                        f"gradients (train.grad_clip, train.clip_mode)"
+                    )
                 if world.is_main:
-                    warnings.warn(f"non-finite loss or gradient at step {step}: restored the state of step "
-                                  f"{good.step} and skipped this batch ({failures}/{cfg.max_restores})", stacklevel=2)
+                    warnings.warn(
+                        f"non-finite loss or gradient at step {step}: restored the state of step "
+                        f"{good.step} and skipped this batch ({failures}/{cfg.max_restores})",
+                        stacklevel=2,
+                    )
                 bar.update(1)
                 continue
 
             optimiser.step()
             ema.update_parameters(potential)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                row = {"step": step, "seconds": round(time.perf_counter() - start, 3),
-                       "lr": optimiser.param_groups[0]["lr"], "loss": out.loss.item(),
-                       **{k: v.item() for k, v in out.parts.items()}, "grad_norm": grad_norm.item()}
+                row = {
+                    "step": step,
+                    "seconds": round(time.perf_counter() - start, 3),
+                    "lr": optimiser.param_groups[0]["lr"],
+                    "loss": out.loss.item(),
+                    **{k: v.item() for k, v in out.parts.items()},
+                    "grad_norm": grad_norm.item(),
+                }
                 history.append(row)
                 log.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             if step % cfg.checkpoint_every == 0:
-                good = checkpoint.capture(step, time.perf_counter() - start, potential, ema, optimiser, batches,
-                                          config)
+                good = checkpoint.capture(step, time.perf_counter() - start, potential, ema, optimiser, batches, config)
                 failures, first_failure = 0, ""
                 if run_dir is not None:
                     save_checkpoint(good, world, device, run_dir, cfg.keep_checkpoints)
@@ -310,27 +303,23 @@ def _train(potential, loss_fn, data, cfg: TrainConfig, metrics_csv, progress_bar
             bar.update(1)
 
     if run_dir is not None and step > good.step:  # the final state, so that a finished run resumes as finished
-        save_checkpoint(checkpoint.capture(step, time.perf_counter() - start, potential, ema, optimiser, batches,
-                                           config), world, device, run_dir, cfg.keep_checkpoints)
+        save_checkpoint(
+            checkpoint.capture(step, time.perf_counter() - start, potential, ema, optimiser, batches, config),
+            world,
+            device,
+            run_dir,
+            cfg.keep_checkpoints,
+        )
     return TrainResult(ema.module, step, time.perf_counter() - start, history, resumed_from)
 
 
-def save_checkpoint(snapshot: checkpoint.Snapshot, world: World, device: torch.device, run_dir: Path,
-                    keep: int) -> None:
+def save_checkpoint(
+    snapshot: checkpoint.Snapshot, world: World, device: torch.device, run_dir: Path, keep: int
+) -> None:
     """Rank 0 writes the snapshot with every rank's RNG state added; all ranks must call it (they gather)."""
     rng = world.gather_rng_states(device)
     if world.is_main:
         checkpoint.save(dataclasses.replace(snapshot, tensors={**snapshot.tensors, **rng}), run_dir, keep)
-
-
-def metrics_log(cfg: TrainConfig, run_dir: Path | None, metrics_csv: Path | None, start_step: int) -> MetricsLog:
-    """The CSV is `metrics_csv`, else run_dir/metrics.csv; TensorBoard events go beside it, in tensorboard/."""
-    csv_path = Path(metrics_csv) if metrics_csv is not None else (run_dir / "metrics.csv" if run_dir else None)
-    tensorboard_dir = csv_path.parent / "tensorboard" if cfg.tensorboard and csv_path is not None else None
-    if cfg.tensorboard and csv_path is None:
-        warnings.warn("train.tensorboard needs a run directory or a metrics file; not logging to TensorBoard",
-                      stacklevel=3)
-    return MetricsLog(csv_path, tensorboard_dir, start_step)
 
 
 def describe_failure(step: int, out: LossOutput, grad_norm: Tensor) -> str:
@@ -358,7 +347,16 @@ def check_train_config(cfg: TrainConfig) -> None:
     for name in ("grad_clip", "time_budget"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"train.{name} must be at least 0 (0 turns it off), got {getattr(cfg, name)}")
-    for name, least in (("steps", 1), ("batch_size", 1), ("threads", 0), ("log_every", 1), ("checkpoint_every", 1),
-                        ("keep_checkpoints", 1), ("warmup_steps", 0), ("max_restores", 0), ("sample_every", 0)):
+    for name, least in (
+        ("steps", 1),
+        ("batch_size", 1),
+        ("threads", 0),
+        ("log_every", 1),
+        ("checkpoint_every", 1),
+        ("keep_checkpoints", 1),
+        ("warmup_steps", 0),
+        ("max_restores", 0),
+        ("sample_every", 0),
+    ):
         if getattr(cfg, name) < least:
             raise ValueError(f"train.{name} must be at least {least}, got {getattr(cfg, name)}")
