@@ -5,7 +5,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from vpfb.config import load_config
-from vpfb.evaluation.ood import MultiscaleEnergy, ood_metrics, ood_scores, ood_table
+from vpfb.evaluation.ood import MultiscaleEnergy, ood_metrics, ood_scores, ood_table, score_sets
 from vpfb.fit import fit
 
 
@@ -102,3 +102,23 @@ def test_multiscale_energy_is_the_fitted_gaussian_of_the_profile():
     assert score(model, near).mean() > score(model, near + 3).mean()
     with pytest.raises(ValueError, match="training images"):
         MultiscaleEnergy(model, train[:4], times)
+
+
+def test_a_complexity_score_reuses_the_score_it_corrects():
+    """score_sets computes the CNF once for likelihood and likelihood_complexity, with the same numbers as alone."""
+    calls = []
+
+    class CountingModel:  # images of 1 × 1 × 2 pixels (png_bits reads images), log p = −‖x‖²/2
+        shape, dim = (1, 1, 2), 2
+
+        def log_likelihood(self, x, **kwargs):
+            calls.append(len(x))
+            return -(x.flatten(1) ** 2).sum(1) / 2
+
+    model, x = CountingModel(), torch.rand(6, 1, 1, 2) * 2 - 1
+    scored = score_sets(model, x, {"far": x + 1}, scores=("likelihood_complexity", "likelihood"))
+    assert calls == [6, 6]  # once per set, not twice
+    assert list(scored) == ["likelihood_complexity", "likelihood"]
+    torch.testing.assert_close(
+        scored["likelihood_complexity"]["far"], ood_scores(model, x + 1, "likelihood_complexity")
+    )

@@ -53,6 +53,7 @@ SCORES: dict[str, Callable[..., Tensor]] = {
     "likelihood_complexity": lambda m, x, t: cnf(m, x).double() / LOG2 + png_bits(x),
     "energy_complexity": lambda m, x, t: m.log_density(x, t).double() / LOG2 + png_bits(x),
 }
+COMPLEXITY = {"likelihood_complexity": "likelihood", "energy_complexity": "log_density"}  # score: what it corrects
 
 
 class MultiscaleEnergy:
@@ -143,13 +144,15 @@ def score_sets(
                 f"OOD set {name!r} has samples of shape {tuple(x.shape[1:])}; the model takes "
                 f"{model.shape}: resize it first"
             )
-    return {
-        label: {
-            IN_DISTRIBUTION: ood_scores(model, x_in, score, t),
-            **{name: ood_scores(model, x, score, t) for name, x in x_out.items()},
-        }
-        for label, score in scores.items()
-    }
+    sets = {IN_DISTRIBUTION: x_in, **x_out}
+    scored: dict[str, dict[str, Tensor]] = {}
+    for label in sorted(scores, key=lambda s: s in COMPLEXITY):  # the plain scores first, then their corrections
+        base = COMPLEXITY.get(label) if scores[label] == label else None
+        if base in scored:  # Serrà et al.'s correction of a score already computed: no second CNF solve
+            scored[label] = {name: scored[base][name].double() / LOG2 + png_bits(x) for name, x in sets.items()}
+        else:
+            scored[label] = {name: ood_scores(model, x, scores[label], t) for name, x in sets.items()}
+    return {label: scored[label] for label in scores}
 
 
 def table_of(scored: dict[str, dict[str, Tensor]]) -> list[dict]:
