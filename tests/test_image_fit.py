@@ -163,6 +163,7 @@ def test_torchrun_two_processes_train_one_run(tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free port of its own, not the fixed 29500 that another job may hold
         "--nproc_per_node=2",
         "-m",
         "vpfb",
@@ -177,7 +178,7 @@ def test_torchrun_two_processes_train_one_run(tmp_path):
         "train.checkpoint_every=2",
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, f"{done.stdout[-1000:]}\n{done.stderr[-3000:]}"
     assert "in 2 process(es)" in done.stdout
     steps = [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) and steps[-1] == 4  # one writer: no step logged twice
