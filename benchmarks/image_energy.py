@@ -30,6 +30,8 @@ from torch import Tensor
 
 from vpfb.data import load_images
 from vpfb.evaluation.frechet import extract_features, frechet_distance
+from vpfb.evaluation.ood import MultiscaleEnergy, score_sets, table_of
+from vpfb.evaluation.ood_sets import protocol_sets, reference_images
 from vpfb.model import EnergyModel, load
 from vpfb.plots import save_image_grid
 from vpfb.potentials import value_and_grad, velocity
@@ -126,6 +128,28 @@ def long_chain(model: EnergyModel, t: float, steps: int, chains: int, held_out: 
     }
 
 
+NEAR = ("rotated 90°", "rotated 180°", "blurred", "shifted 3 px", "mnist5k interpolation")
+OOD_SCORES = (
+    "log_density",
+    "energy_multiscale",
+    "likelihood",
+    "likelihood_complexity",
+    "energy_complexity",
+    "grad_norm",
+)
+
+
+def near_ood(model: EnergyModel, n: int, names: list[str]) -> list[dict]:
+    """AUROC of every OOD score on the synthetic protocol's sets `names` (the images `vpfb eval --task ood -n n`
+    draws with seed 0), the CNF likelihood included; the multiscale energy fitted on 500 training digits."""
+    test, train = (load_images("mnist5k", split=s, labels=False) for s in ("test", "train"))
+    g = torch.Generator().manual_seed(0)
+    x, sets = protocol_sets("synthetic", model.shape, n, generator=g, own=test)
+    reference = reference_images("synthetic", model.shape, 500, generator=g, own=train)
+    scores = {s: MultiscaleEnergy(model, reference) if s == "energy_multiscale" else s for s in OOD_SCORES}
+    return table_of(score_sets(model, x, {k: sets[k] for k in names}, scores))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("runs", nargs="+", type=Path)
@@ -138,7 +162,9 @@ def main() -> None:
     p.add_argument("--partition-steps", type=int, default=1000)
     p.add_argument("--chain-steps", type=int, default=5000)
     p.add_argument("--chains", type=int, default=64, help="chains of the long run")
-    p.add_argument("--skip", nargs="*", default=[], choices=["agreement", "partition", "sampling", "chain"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["agreement", "partition", "sampling", "chain", "ood"])
+    p.add_argument("--ood-n", type=int, default=100, help="held-out digits and images of each OOD set")
+    p.add_argument("--ood-sets", nargs="*", default=list(NEAR), help="OOD sets scored (the CNF is slow on far ones)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "image_energy")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -180,6 +206,9 @@ def main() -> None:
         if energy and "chain" not in args.skip:
             row["chain"] = long_chain(model, args.read_out, args.chain_steps, args.chains, x, classifier, out)
             log(f"{run}: chain {row['chain']}")
+        if "ood" not in args.skip:
+            row["ood"] = near_ood(model, args.ood_n, args.ood_sets)
+            log(f"{run}: ood {row['ood']}")
         results[str(run)] = row
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
