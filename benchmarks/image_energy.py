@@ -32,6 +32,7 @@ from vpfb.data import load_images
 from vpfb.evaluation.frechet import extract_features, frechet_distance
 from vpfb.evaluation.ood import MultiscaleEnergy, score_sets, table_of
 from vpfb.evaluation.ood_sets import protocol_sets, reference_images
+from vpfb.evaluation.tasks import OOD_SCORES as TASK_SCORES
 from vpfb.model import EnergyModel, load
 from vpfb.plots import save_image_grid
 from vpfb.potentials import value_and_grad, velocity
@@ -129,14 +130,7 @@ def long_chain(model: EnergyModel, t: float, steps: int, chains: int, held_out: 
 
 
 NEAR = ("rotated 90°", "rotated 180°", "blurred", "shifted 3 px", "mnist5k interpolation")
-OOD_SCORES = (
-    "log_density",
-    "energy_multiscale",
-    "likelihood",
-    "likelihood_complexity",
-    "energy_complexity",
-    "grad_norm",
-)
+OOD_SCORES = tuple(s for s in TASK_SCORES if s != "boltzmann")  # Φ_B is blind for the energy U-Net
 
 
 def near_ood(model: EnergyModel, n: int, names: list[str]) -> list[dict]:

@@ -140,15 +140,7 @@ def protocol_sets(
     protocol = _protocol(name)
     shape = _check_shape(name, protocol, shape)
     _check_n(n)
-    if (own is None) != (protocol.in_distribution is not None):
-        raise ValueError(
-            f"protocol {name!r} "
-            + (
-                "tests the run's own images: pass them as own=ImageData"
-                if own is None
-                else "brings its own in-distribution set; own= is for the 'synthetic' protocol only"
-            )
-        )
+    _check_own(name, protocol, own)
     channels, size = shape[0], shape[1]
     if own is not None and own.shape != shape:
         raise ValueError(f"own images are {own.shape}, the model takes {shape}")
@@ -176,15 +168,7 @@ def reference_images(
     protocol = _protocol(name)
     shape = _check_shape(name, protocol, shape)
     _check_n(n)
-    if (own is None) != (protocol.in_distribution is not None):
-        raise ValueError(
-            f"protocol {name!r} "
-            + (
-                "fits on the run's own training images: pass them as own="
-                if own is None
-                else "brings its own training split"
-            )
-        )
+    _check_own(name, protocol, own)
     data = own if own is not None else _load(name, (protocol.in_distribution[0], "train"), shape[1], root, download)
     return _draw(data, min(n, len(data)), shape[0], generator, f"the training split of {data.name}")
 
@@ -193,6 +177,16 @@ def _protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
         raise ValueError(f"unknown OOD protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
+
+
+def _check_own(name: str, protocol: Protocol, own: ImageData | None) -> None:
+    """The run's own images are given exactly when the protocol has no in-distribution set of its own."""
+    if own is None and protocol.in_distribution is None:
+        raise ValueError(f"protocol {name!r} tests the run's own images: pass them as own=ImageData")
+    if own is not None and protocol.in_distribution is not None:
+        raise ValueError(
+            f"protocol {name!r} brings its own in-distribution set; own= is for the 'synthetic' protocol only"
+        )
 
 
 def _check_n(n: int) -> None:
