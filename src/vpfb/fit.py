@@ -172,4 +172,7 @@ def _train_images(cfg: Config, run: Path | None, data: ImageData, potential, los
                 run / "samples.png",
                 title=grid_title(cfg.train, result.steps),
             )
+    # every rank returns once rank 0 has written the run: a rank that left the process group early, while rank 0
+    # still saved and drew, was seen to abort in gloo's teardown (terminate called without an active exception)
+    world.barrier()
     return model
