@@ -33,6 +33,7 @@ from vpfb.evaluation.frechet import extract_features, frechet_distance
 from vpfb.evaluation.ood import MultiscaleEnergy, score_sets, table_of
 from vpfb.evaluation.ood_sets import protocol_sets, reference_images
 from vpfb.evaluation.tasks import OOD_SCORES as TASK_SCORES
+from vpfb.likelihood import bits_per_dim
 from vpfb.model import EnergyModel, load
 from vpfb.plots import save_image_grid
 from vpfb.potentials import value_and_grad, velocity
@@ -54,34 +55,33 @@ def in_batches(fn, x: Tensor, size: int = 100) -> Tensor:  # the CNF keeps a gra
     return torch.cat([fn(chunk).detach() for chunk in x.split(size)])
 
 
-def agreement(model: EnergyModel, x: Tensor, times: list[float]) -> tuple[list[dict], Tensor]:
-    """Rows {t, spearman, sd_bpd} of ψ(·, t) against the CNF log-likelihood, and that log-likelihood."""
+def agreement(model: EnergyModel, x: Tensor, times: list[float], probes: int) -> tuple[dict, Tensor]:
+    """ψ(·, t) against the CNF log-likelihood (Hutchinson with `probes` probes per digit): rows {t, spearman,
+    sd_bpd}, the CNF's bits/dim of the held-out digits (mean, standard error), and that log-likelihood."""
     torch.manual_seed(0)  # Hutchinson's probes
-    cnf = in_batches(lambda c: model.log_likelihood(c, hutchinson=True, rtol=1e-3, atol=1e-3), x)
+    cnf = in_batches(lambda c: model.log_likelihood(c, hutchinson=probes, rtol=1e-3, atol=1e-3), x)
     scale = model.dim * math.log(2)
     rows = []
     for t in times:
         psi = in_batches(lambda c: model.log_density(c, t), x)
         rows.append({"t": t, "spearman": spearman(psi, cnf), "sd_bpd": float((psi - cnf).std() / scale)})
-    return rows, cnf
+    return {"times": rows, "cnf_bpd": bits_per_dim(cnf, model.dim)}, cnf
 
 
 def normalised_bits(model: EnergyModel, x: Tensor, cnf: Tensor, t: float, chains: int, steps: int) -> dict:
-    """log Z_t by annealed importance sampling from the prior (EnergyModel.log_partition), and the bits/dim of the
-    held-out digits under the normalised energy log_density − log Z_t beside the CNF's, both of the same
-    dequantised digits (bpd = (−log p + D log 127.5)/(D ln 2))."""
+    """log Z_t by annealed importance sampling from the prior (EnergyModel.log_partition), and the bits/dim (mean,
+    standard error) of the held-out digits under the normalised energy log_density − log Z_t beside the CNF's, both
+    of the same dequantised digits."""
     log_z, ess = model.log_partition(t, n=chains, steps=steps, generator=torch.Generator().manual_seed(2))
     psi = in_batches(lambda c: model.log_density(c, t), x).double()
-    offset = model.dim * math.log(127.5)
-    to_bits = lambda log_p: float(((-log_p + offset) / (model.dim * math.log(2))).mean())  # noqa: E731
     return {
         "t": t,
         "log_z": log_z,
         "ess": ess,
         "chains": chains,
         "steps": steps,
-        "energy_bpd": to_bits(psi - log_z),
-        "cnf_bpd": to_bits(cnf.double()),
+        "energy_bpd": bits_per_dim(psi - log_z, model.dim),
+        "cnf_bpd": bits_per_dim(cnf, model.dim),
     }
 
 
@@ -149,6 +149,7 @@ def main() -> None:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--n", type=int, default=1000, help="held-out digits scored")
     p.add_argument("--times", type=float, nargs="*", default=[0.7, 0.8, 0.9, 0.95])
+    p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per digit of the CNF (agreement)")
     p.add_argument("--read-out", type=float, default=0.9, help="t for log Z, MALA and the long chain")
     p.add_argument("--samples", type=int, default=1000, help="samples for the Fréchet distances")
     p.add_argument("--langevin-steps", type=int, default=250)
@@ -174,7 +175,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         energy = model.config.model.parameterisation == "energy"
         if "agreement" not in args.skip:
-            row["agreement"], cnf = agreement(model, x, args.times)
+            row["agreement"], cnf = agreement(model, x, args.times, args.probes)
             log(f"{run}: agreement {row['agreement']}")
             if energy and "partition" not in args.skip:
                 row["partition"] = normalised_bits(

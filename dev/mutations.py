@@ -29,8 +29,14 @@ MUTATIONS = [
     (
         "likelihood: Hutchinson probe estimate halved",
         "src/vpfb/likelihood.py",
-        "return (jz * noise).flatten(1).sum(1)",
-        "return 0.5 * (jz * noise).flatten(1).sum(1)",
+        "total = total + (jz * z).flatten(1).sum(1)",
+        "total = total + 0.5 * (jz * z).flatten(1).sum(1)",
+    ),
+    (
+        "likelihood: K probes summed to the wrong scale (1/√K)",
+        "src/vpfb/likelihood.py",
+        "return total / len(probes)",
+        "return total / len(probes) ** 0.5",
     ),
     (
         "likelihood: exact divergence reads the wrong diagonal",
@@ -51,10 +57,10 @@ MUTATIONS = [
         "dim * math.log(prior_std)",
     ),
     (
-        "likelihood: Gaussian probes replaced by ones (biased)",
+        "likelihood: Rademacher probes replaced by ones (biased)",
         "src/vpfb/likelihood.py",
-        "noise = (draw_like(torch.rand, x1, generator) < 0.5).to(x1.dtype) * 2 - 1",
-        "noise = torch.ones_like(x1)",
+        "noise = (draw_like(torch.rand, x1.expand(int(hutchinson), *x1.shape), generator) < 0.5).to(x1.dtype) * 2 - 1",
+        "noise = torch.ones_like(x1).expand(int(hutchinson), *x1.shape)",
     ),
     # estimators
     (

@@ -151,6 +151,27 @@ def test_hutchinson_divergence_is_unbiased_and_random():
     assert abs(estimates.mean().item() + 0.5) < 4 * estimates.std().item() / math.sqrt(20000)
 
 
+@pytest.mark.parametrize("probes", [1, 4])
+def test_hutchinson_variance_falls_as_one_over_the_probes(probes):
+    """The constant field v = Ax with symmetric A: ∫₀¹∇·v dt = tr A, the K-probe estimate is the mean of K
+    independent zᵀAz, so its variance is 2Σ_{i≠j}A_ij²/K (Rademacher) around the exact log-likelihood."""
+    a = torch.tensor([[0.5, 0.9, -0.3], [0.9, -0.2, 0.6], [-0.3, 0.6, 0.1]], dtype=torch.float64)
+    x1 = torch.randn(6000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    field = lambda x, t: x @ a  # noqa: E731
+    g = torch.Generator().manual_seed(1)
+    exact = log_likelihood(field, x1, rtol=1e-8, atol=1e-8)
+    estimate = log_likelihood(field, x1, hutchinson=probes, rtol=1e-8, atol=1e-8, generator=g)
+    noise = estimate - exact
+    expected = 2 * (a**2).sum().item() - 2 * (a.diag() ** 2).sum().item()
+    assert abs(noise.mean().item()) < 4 * (expected / probes / 6000) ** 0.5
+    assert noise.var().item() == pytest.approx(expected / probes, rel=0.1)
+
+
+def test_hutchinson_takes_a_count_of_probes():
+    with pytest.raises(ValueError, match="number of probes"):
+        log_likelihood(lambda x, t: x, torch.zeros(2, 2), hutchinson=0.5)
+
+
 def test_grid_normaliser_of_gaussian():
     logp = lambda x: -0.5 * ((x - M) ** 2 / S**2).sum(1)  # noqa: E731  unnormalised
     log_z = grid_log_normaliser(logp, M - 8 * S, M + 8 * S, points=300)

@@ -12,12 +12,17 @@ from torchdiffeq import odeint
 from vpfb.sampling import MAX_NFE, Evaluations, Field, draw_like, end_inside
 
 
-def divergence(v: Tensor, x: Tensor, noise: Tensor | None = None) -> Tensor:
-    """∇·v at x [N, ...] for v computed from x with a graph: exact (D backward passes) when noise is None,
-    else Hutchinson's unbiased estimate zᵀ(∂v/∂x)z with the given probe z. For v = ∇Φ this is the Laplacian ΔΦ."""
-    if noise is not None:
-        (jz,) = torch.autograd.grad((v * noise).sum(), x, create_graph=True)
-        return (jz * noise).flatten(1).sum(1)
+def divergence(v: Tensor, x: Tensor, probes: Tensor | None = None) -> Tensor:
+    """∇·v at x [N, ...] for v computed from x with a graph: exact (D backward passes) when probes is None, else
+    Hutchinson's unbiased estimate (1/K) Σₖ zₖᵀ(∂v/∂x)zₖ with the K probes [K, N, ...] given (K backward passes;
+    one probe may be given as [N, ...]). For v = ∇Φ this is the Laplacian ΔΦ."""
+    if probes is not None:
+        probes = probes if probes.dim() > x.dim() else probes.unsqueeze(0)
+        total = 0
+        for z in probes:
+            (jz,) = torch.autograd.grad((v * z).sum(), x, create_graph=True)
+            total = total + (jz * z).flatten(1).sum(1)
+        return total / len(probes)
     v_flat = v.flatten(1)
     div = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
     for i in range(v_flat.shape[1]):
@@ -32,7 +37,7 @@ def log_likelihood(
     t0: float = 0.0,
     t1: float = 1.0,
     prior_std: float = 1.0,
-    hutchinson: bool = False,
+    hutchinson: int = 0,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     method: str = "dopri5",
@@ -41,13 +46,18 @@ def log_likelihood(
 ) -> Tensor:
     """log p₁(x₁) = log N(x₀; 0, prior_std² I) − ∫ ∇·v(x_t, t) dt, integrating the flow back from t1 to t0.
 
-    `field(x, t)` must be differentiable in x (for a potential: v = ∇Φ with create_graph=True). The solve stops with
-    a SolverError after `max_nfe` evaluations.
+    `field(x, t)` must be differentiable in x (for a potential: v = ∇Φ with create_graph=True). `hutchinson` = K > 0
+    (True: 1) estimates ∇·v with K Rademacher probes per sample held fixed along the path (FFJORD), drawn from
+    `generator`: unbiased, with variance 2Σ_{i≠j}J_ij²/K for a constant symmetric
+    Jacobian J, at K backward passes per
+    evaluation instead of D. The solve stops with a SolverError after `max_nfe` evaluations.
     """
+    if isinstance(hutchinson, float) or hutchinson < 0:
+        raise ValueError(f"hutchinson is a number of probes (0: the exact divergence), got {hutchinson!r}")
     evaluations = Evaluations(method, max_nfe)
     noise = None
-    if hutchinson:  # one Rademacher probe per sample, held fixed along the path (FFJORD)
-        noise = (draw_like(torch.rand, x1, generator) < 0.5).to(x1.dtype) * 2 - 1
+    if hutchinson:
+        noise = (draw_like(torch.rand, x1.expand(int(hutchinson), *x1.shape), generator) < 0.5).to(x1.dtype) * 2 - 1
 
     def dynamics(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x = state[0]
