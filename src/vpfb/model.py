@@ -136,9 +136,8 @@ class EnergyModel:
         labels: Tensor | int | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Normalised log p(x) of the flow (CNF: log N(z₀) − ∫ΔΦ dt), in user units. ΔΦ is exact (D backward passes)
-        for hutchinson = 0, else averaged over that many Rademacher probes per sample (True: one) drawn from
-        `generator`; on a sharp image model one probe's noise can exceed the spread of log p between images."""
+        """Normalised log p(x) of the flow (CNF: log N(z₀) − ∫ΔΦ dt), in user units; ΔΦ exact (D backward passes)
+        for hutchinson = 0, else the mean over that many Rademacher probes per sample (True: one) from `generator`."""
         z = self._z(x)
         phi = self._labelled(labels, len(z))
         field = lambda y, t: velocity(phi, y, t, create_graph=True)  # noqa: E731
