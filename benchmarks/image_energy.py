@@ -165,7 +165,7 @@ def main() -> None:
     torch.set_num_threads(1)
     held_out = load_images("mnist5k", split="test", labels=False)  # dequantised, as bits/dim assumes
     x = held_out.batch(torch.arange(len(held_out)), dequantize=True, generator=torch.Generator().manual_seed(0))
-    x = x[: args.n]
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[: args.n]]  # the split is class-sorted
     classifier, _ = load_or_train()
     train = load_images("mnist5k", labels=False)
     train_features = extract_features(classifier, train.batch(torch.arange(len(train))))
