@@ -191,6 +191,7 @@ def main() -> None:
         energy = model.config.model.parameterisation == "energy"
         if "agreement" not in args.skip:
             row["agreement"], cnf = agreement(model, x, args.times, args.probes)
+            torch.save(cnf, out / "cnf_log_likelihood.pt")  # of the digits in order: other read-out t need no solve
             log(f"{run}: agreement {row['agreement']}")
             if energy and "partition" not in args.skip:
                 row["partition"] = normalised_bits(
