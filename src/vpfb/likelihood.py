@@ -48,9 +48,8 @@ def log_likelihood(
 
     `field(x, t)` must be differentiable in x (for a potential: v = ∇Φ with create_graph=True). `hutchinson` = K > 0
     (True: 1) estimates ∇·v with K Rademacher probes per sample held fixed along the path (FFJORD), drawn from
-    `generator`: unbiased, with variance 2Σ_{i≠j}J_ij²/K for a constant symmetric
-    Jacobian J, at K backward passes per
-    evaluation instead of D. The solve stops with a SolverError after `max_nfe` evaluations.
+    `generator`: unbiased, with variance 2Σ_{i≠j}J_ij²/K for a constant symmetric Jacobian J, at K backward passes
+    per evaluation instead of D. The solve stops with a SolverError after `max_nfe` evaluations.
     """
     if isinstance(hutchinson, float) or hutchinson < 0:
         raise ValueError(f"hutchinson is a number of probes (0: the exact divergence), got {hutchinson!r}")
