@@ -59,8 +59,8 @@ MUTATIONS = [
     (
         "likelihood: Rademacher probes replaced by ones (biased)",
         "src/vpfb/likelihood.py",
-        "noise = (draw_like(torch.rand, x1.expand(int(hutchinson), *x1.shape), generator) < 0.5).to(x1.dtype) * 2 - 1",
-        "noise = torch.ones_like(x1).expand(int(hutchinson), *x1.shape)",
+        "probes = (draw_like(torch.rand, x1.expand(int(hutchinson), *x1.shape), generator) < 0.5).to(x1.dtype) * 2 - 1",
+        "probes = torch.ones_like(x1).expand(int(hutchinson), *x1.shape)",
     ),
     # estimators
     (

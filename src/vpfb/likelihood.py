@@ -54,16 +54,16 @@ def log_likelihood(
     if isinstance(hutchinson, float) or hutchinson < 0:
         raise ValueError(f"hutchinson is a number of probes (0: the exact divergence), got {hutchinson!r}")
     evaluations = Evaluations(method, max_nfe)
-    noise = None
+    probes = None
     if hutchinson:
-        noise = (draw_like(torch.rand, x1.expand(int(hutchinson), *x1.shape), generator) < 0.5).to(x1.dtype) * 2 - 1
+        probes = (draw_like(torch.rand, x1.expand(int(hutchinson), *x1.shape), generator) < 0.5).to(x1.dtype) * 2 - 1
 
     def dynamics(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x = state[0]
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             v = field(x, t.expand(x.shape[0]))
-            div = divergence(v, x, noise)
+            div = divergence(v, x, probes)
         return evaluations.check(t, v.detach()), div.detach()
 
     times = torch.tensor([t1, t0], dtype=x1.dtype, device=x1.device)
