@@ -55,9 +55,9 @@ from vpfb.evaluation.frechet import extract_features, frechet_distance
 from vpfb.factory import build_loss_from_config, build_potential
 from vpfb.fit import ImageBatches, fit
 from vpfb.model import load
+from vpfb.ode import integrate
 from vpfb.plots import save_image_grid
 from vpfb.potentials import UNet, unet_config, velocity
-from vpfb.sampling import integrate
 from vpfb.training import train
 
 PRESET = "mnist5k-cpu"

@@ -35,8 +35,8 @@ from vpfb.factory import build_loss_from_config, build_potential
 from vpfb.likelihood import log_likelihood
 from vpfb.losses import LossOutput
 from vpfb.model import EnergyModel
+from vpfb.ode import integrate
 from vpfb.potentials import MLP
-from vpfb.sampling import integrate
 from vpfb.training import train
 
 METHODS = {  # name -> config overrides on the shared defaults

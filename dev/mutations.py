@@ -103,32 +103,32 @@ MUTATIONS = [
     (
         "energy: Φ's quadratic v̇/4v → v̇/2v",
         "src/vpfb/parameterisation.py",
-        "return dv / (4 * v) * flat_dot(x, x) + self.path.half_g2_mu(t) * call_net(self.net, x, t, c)",
-        "return dv / (2 * v) * flat_dot(x, x) + self.path.half_g2_mu(t) * call_net(self.net, x, t, c)",
+        "return s.d_variance / (4 * s.variance) * flat_dot(x, x) + s.half_g2_mu * call_net(self.net, x, t, c)",
+        "return s.d_variance / (2 * s.variance) * flat_dot(x, x) + s.half_g2_mu * call_net(self.net, x, t, c)",
     ),
     (
         "energy: velocity's x term v̇/2v → v̇/4v",
         "src/vpfb/parameterisation.py",
-        "e(dv / (2 * v)) * x[:rows]",
-        "e(dv / (4 * v)) * x[:rows]",
+        "e(2 * a) * x[:rows]",
+        "e(a) * x[:rows]",
     ),
     (
         "energy: log-density without μ",
         "src/vpfb/parameterisation.py",
-        "return -flat_dot(x, x) / (2 * v) + self.path.mu(t) * call_net(self.net, x, t, c)",
-        "return -flat_dot(x, x) / (2 * v) + call_net(self.net, x, t, c)",
+        "return -flat_dot(x, x) / (2 * s.variance) + s.mu * call_net(self.net, x, t, c)",
+        "return -flat_dot(x, x) / (2 * s.variance) + call_net(self.net, x, t, c)",
     ),
     (
         "paths: half_g2_mu sign inside",
         "src/vpfb/paths.py",
-        "return sigma * (self.d_mu(t) * sigma - self.d_sigma(t) * mu)",
-        "return sigma * (self.d_mu(t) * sigma + self.d_sigma(t) * mu)",
+        "return self.sigma * (self.d_mu * self.sigma - self.d_sigma * self.mu)",
+        "return self.sigma * (self.d_mu * self.sigma + self.d_sigma * self.mu)",
     ),
     (
         "paths: reference variance v̇ halved",
         "src/vpfb/paths.py",
-        "return mu**2 + sigma**2, 2 * (mu * self.d_mu(t) + sigma * self.d_sigma(t))",
-        "return mu**2 + sigma**2, (mu * self.d_mu(t) + sigma * self.d_sigma(t))",
+        "return 2 * (self.mu * self.d_mu + self.sigma * self.d_sigma)",
+        "return (self.mu * self.d_mu + self.sigma * self.d_sigma)",
     ),
     # MALA / Langevin / AIS
     (

@@ -31,8 +31,8 @@ class GaussianTruth:
         return self
 
     def _coeffs(self, t):
-        p = self.path
-        mu, sig, dmu, dsig = (f(t).reshape(-1, 1) for f in (p.mu, p.sigma, p.d_mu, p.d_sigma))
+        s = self.path.at(t)
+        mu, sig, dmu, dsig = (a.reshape(-1, 1) for a in (s.mu, s.sigma, s.d_mu, s.d_sigma))
         v = mu**2 * self.lam + sig**2
         dv = 2 * mu * dmu * self.lam + 2 * sig * dsig
         return mu, dmu, v, dv

@@ -51,3 +51,5 @@ def test_released_chain_moves_at_a_fixed_speed_and_errors():
     assert torch.allclose(step, torch.full((8,), 0.02 * 0.5 * math.sqrt(2)))  # h·w·√D with the noise off
     with pytest.raises(ValueError, match="unknown long-run method"):
         long_run(gaussian_potential, torch.zeros(2, 2), "hmc")
+    with pytest.raises(ValueError, match="records − 1 dividing the 100 steps"):
+        long_run(gaussian_potential, torch.zeros(2, 2), "ode", t_end=1.0, step_size=0.01, records=4)

@@ -96,8 +96,9 @@ def test_energy_potential_reads_its_log_density_exactly(path):
     x, t = torch.randn(32, 2, dtype=torch.float64), torch.rand(32, dtype=torch.float64) * 0.9 + 0.05
     energy.double()
     phi = energy(x, t)
-    torch.testing.assert_close((2 * phi - path.f(t) * (x**2).sum(1)) / path.g2(t), energy.log_density(x, t))
-    torch.testing.assert_close(direct.log_density(x, t), (2 * net(x, t) - path.f(t) * (x**2).sum(1)) / path.g2(t))
+    s = path.at(t)
+    torch.testing.assert_close((2 * phi - s.f * (x**2).sum(1)) / s.g2, energy.log_density(x, t))
+    torch.testing.assert_close(direct.log_density(x, t), (2 * net(x, t) - s.f * (x**2).sum(1)) / s.g2)
     zero = torch.zeros(32, dtype=torch.float64)
     sigma0 = path.sigma(zero)
     torch.testing.assert_close(energy.log_density(x, zero), -(x**2).sum(1) / (2 * sigma0**2))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import GaussianTruth
 
-from vpfb.paths import LinearPath, LogHomotopyPath, build_path
+from vpfb.paths import GaussianPath, LinearPath, LogHomotopyPath, Schedule, build_path
 
 PATHS = [LinearPath(), LinearPath(sigma_min=0.05), LogHomotopyPath(omega=1.0, nu=0.1)]
 
@@ -52,8 +52,10 @@ def test_log_homotopy_reduces_to_linear_path():
     path = LogHomotopyPath(omega=1.0, nu=nu, alpha=lambda t: 1 / (1 - t), beta=lambda t: nu**2 * t / (1 - t) ** 2)
     t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
     lin = LinearPath()
-    for name in ("mu", "sigma", "d_mu", "d_sigma"):
-        torch.testing.assert_close(getattr(path, name)(t), getattr(lin, name)(t))
+    generic = Schedule(lin.mu(t), lin.sigma(t), *GaussianPath.derivatives(lin, t))  # jvp, not the closed form
+    for name in ("mu", "sigma", "d_mu", "d_sigma", "f", "g2", "half_g2_mu", "variance", "d_variance"):
+        torch.testing.assert_close(getattr(path.at(t), name), getattr(lin.at(t), name))
+        torch.testing.assert_close(getattr(generic, name), getattr(lin.at(t), name))
 
 
 def test_log_homotopy_endpoints():
@@ -71,7 +73,8 @@ def test_velocity_is_drift_plus_half_g2_score(path):
     t = torch.rand(32) * 0.9 + 0.05
     xg = x.clone().requires_grad_(True)
     (score,) = torch.autograd.grad(truth.log_density(xg, t).sum(), xg)
-    rhs = path.f(t)[:, None] * x + 0.5 * path.g2(t)[:, None] * score
+    s = path.at(t)
+    rhs = s.f[:, None] * x + 0.5 * s.g2[:, None] * score
     torch.testing.assert_close(truth.velocity(x, t), rhs, rtol=1e-4, atol=1e-4)
 
 

@@ -5,8 +5,9 @@ import torch
 from conftest import GaussianTruth
 
 from vpfb.likelihood import divergence, grid_log_normaliser, log_likelihood
+from vpfb.ode import ADAPTIVE, SolverError, integrate
 from vpfb.paths import LinearPath, LogHomotopyPath
-from vpfb.sampling import ADAPTIVE, SolverError, integrate, sample_langevin, sample_ode
+from vpfb.sampling import sample_langevin, sample_ode
 
 M, S = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 1.5])
 
@@ -118,6 +119,19 @@ def test_cnf_likelihood_of_analytic_potential_is_exact(path, hutchinson):
     # The Gaussian velocity has a diagonal Jacobian, on which a Rademacher probe is exact.
     estimate = log_likelihood(field, x1, prior_std=sigma0, hutchinson=hutchinson)
     torch.testing.assert_close(estimate, exact, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["dopri5", "rk4"])
+def test_cnf_likelihood_of_the_marginal_at_an_inner_time(solver):
+    """log p_t for t < 1, read back from t (adaptive or equal steps): the closed form of the Gaussian marginal."""
+    truth = GaussianTruth(LinearPath(), M, S)
+    t1 = 0.7
+    y = truth.sample_marginal(128, t1).double()
+    truth.double()
+    exact = truth.log_density(y, torch.full((128,), t1, dtype=torch.float64))
+    estimate = log_likelihood(truth.velocity, y, t1=t1, solver=solver, steps=40, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(estimate, exact, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(estimate, log_likelihood(truth.velocity, y, t1=1.0, solver=solver, steps=40))
 
 
 def test_hutchinson_cnf_likelihood_is_unbiased_for_a_correlated_gaussian():

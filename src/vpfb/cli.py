@@ -14,7 +14,7 @@ import torch
 from vpfb.config import Config, load_config, presets
 from vpfb.data import TOY_DATASETS, load_data, sample_toy, toy_log_density
 from vpfb.factory import IMAGE_ARCHITECTURES
-from vpfb.sampling import SolverError
+from vpfb.ode import SolverError
 from vpfb.training.checkpoint import CorruptCheckpointError
 from vpfb.training.trainer import torch_threads
 

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from vpfb.parameterisation import with_labels
-from vpfb.paths import flat_dot
 from vpfb.potentials.base import Potential
+from vpfb.tensors import flat_dot
 
 
 def boltzmann(potential: Potential, x: Tensor, t: float = 1.0, f_inf: float = -1.0, g_inf: float = 1.0) -> Tensor:

@@ -7,9 +7,9 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
-from vpfb.sampling import MAX_NFE, Evaluations, Field, draw_like, end_inside
+from vpfb.ode import MAX_NFE, Field, solve
+from vpfb.tensors import draw_like
 
 
 def divergence(v: Tensor, x: Tensor, probes: Tensor | None = None) -> Tensor:
@@ -40,11 +40,13 @@ def log_likelihood(
     hutchinson: int = 0,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    method: str = "dopri5",
+    solver: str = "dopri5",
+    steps: int = 100,
     generator: torch.Generator | None = None,
     max_nfe: int = MAX_NFE,
 ) -> Tensor:
-    """log p₁(x₁) = log N(x₀; 0, prior_std² I) − ∫ ∇·v(x_t, t) dt, integrating the flow back from t1 to t0.
+    """log p_{t1}(x₁) = log N(x₀; 0, prior_std² I) − ∫ ∇·v(x_t, t) dt for x₁ [N, ...] → [N], integrating the flow
+    back from t1 to t0 (solvers as in `vpfb.ode.solve`).
 
     `field(x, t)` must be differentiable in x (for a potential: v = ∇Φ with create_graph=True). `hutchinson` = K > 0
     (True: 1) estimates ∇·v with K Rademacher probes per sample held fixed along the path (FFJORD), drawn from
@@ -53,24 +55,20 @@ def log_likelihood(
     """
     if isinstance(hutchinson, float) or hutchinson < 0:
         raise ValueError(f"hutchinson is a number of probes (0: the exact divergence), got {hutchinson!r}")
-    evaluations = Evaluations(method, max_nfe)
     probes = None
     if hutchinson:
         probes = (draw_like(torch.rand, x1.expand(int(hutchinson), *x1.shape), generator) < 0.5).to(x1.dtype) * 2 - 1
 
     def dynamics(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        x = state[0]
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
+            x = state[0].detach().requires_grad_(True)
             v = field(x, t.expand(x.shape[0]))
             div = divergence(v, x, probes)
-        return evaluations.check(t, v.detach()), div.detach()
+        return v.detach(), div.detach()
 
     times = torch.tensor([t1, t0], dtype=x1.dtype, device=x1.device)
     zero = torch.zeros(x1.shape[0], dtype=x1.dtype, device=x1.device)
-    xs, integral = odeint(
-        dynamics, (x1.detach(), zero), times, method=method, rtol=rtol, atol=atol, options=end_inside(method, times)
-    )
+    (xs, integral), _ = solve(dynamics, (x1.detach(), zero), times, solver, steps, rtol, atol, max_nfe)
     x0, delta = xs[-1], integral[-1]  # delta = ∫_{t1}^{t0} ∇·v dt = −∫_{t0}^{t1} ∇·v dt
     dim = x0[0].numel()
     log_prior = -0.5 * (x0.flatten(1) ** 2).sum(1) / prior_std**2 - dim * math.log(prior_std * math.sqrt(2 * math.pi))

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from vpfb.paths import GaussianPath, expand_like, flat_dot
+from vpfb.paths import GaussianPath
 from vpfb.potentials.base import Potential, potential_and_velocity
+from vpfb.tensors import expand_like, flat_dot
 
 
 @dataclass
@@ -50,12 +51,13 @@ def time_weight(name: str, path: GaussianPath, t: Tensor, floor: float = 0.2) ->
     path: t²)."""
     if name == "uniform":
         return torch.ones_like(t)
+    s = path.at(t)
     if name == "snr":
-        return (path.mu(t) ** 2 + floor) / (path.sigma(t) ** 2 + floor)
+        return (s.mu**2 + floor) / (s.sigma**2 + floor)
     if name == "sigma2":
-        return path.sigma(t) ** 2
+        return s.sigma**2
     if name == "dsm":
-        return (path.mu(t) / (path.d_mu(t) * path.sigma(t) - path.d_sigma(t) * path.mu(t))) ** 2
+        return (s.mu / (s.d_mu * s.sigma - s.d_sigma * s.mu)) ** 2
     raise ValueError(f"unknown time weight {name!r}; choose 'snr', 'uniform', 'sigma2' or 'dsm'")
 
 
@@ -151,7 +153,7 @@ class DeepRitzLoss:
             y, t_y, log_q = self.partition.proposals(x_bar, 1 - self.time_sampler.t_min)
             x_all, t_all = torch.cat([s.x_t, y]), torch.cat([t, t_y])
             phi_all, v = potential_and_velocity(potential, x_all, t_all, create_graph=True, rows=n)
-            psi = self.path.log_density_of(phi_all, x_all, t_all)
+            psi = self.path.at(t_all).log_density_of(phi_all, x_all)
             phi = phi_all[:n]
         dirichlet = 0.5 * flat_dot(v, v)
         if self.estimator == "pathwise":

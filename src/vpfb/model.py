@@ -14,11 +14,12 @@ from vpfb.config import Config
 from vpfb.data import Standardizer
 from vpfb.energy import boltzmann, conditioned
 from vpfb.likelihood import bits_per_dim, log_likelihood
+from vpfb.ode import ODESolution, integrate
 from vpfb.parameterisation import EnergyPotential
-from vpfb.paths import expand_like
 from vpfb.potentials import value_and_grad, velocity
-from vpfb.sampling import AnnealedResult, LangevinResult, ODESolution, annealed_langevin, integrate, sample_langevin
+from vpfb.sampling import AnnealedResult, LangevinResult, annealed_langevin, sample_langevin
 from vpfb.storage import read_model, write_model
+from vpfb.tensors import expand_like
 
 
 class EnergyModel:
@@ -105,8 +106,7 @@ class EnergyModel:
     def boltzmann_is_informative(self, t: float = 1.0) -> bool:
         """Whether Φ(·, t), hence Φ_B, depends on the weights. Not under the energy parameterisation where σ(t) = 0
         (t = 1 on the σ_min = 0 linear path): there ½g²ψ vanishes and Φ = ½f‖x‖² whatever was trained."""
-        blind = isinstance(self.phi, EnergyPotential) and float(self.path.half_g2_mu(torch.tensor([float(t)]))) == 0
-        return not blind
+        return not isinstance(self.phi, EnergyPotential) or float(self.path.at(self._t(t, 1)).half_g2_mu) != 0
 
     def boltzmann(
         self, x: Tensor, t: float = 1.0, f_inf: float = -1.0, g_inf: float = 1.0, labels: Tensor | int | None = None

@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vpfb.paths import GaussianPath, expand_like, flat_dot
+from vpfb.paths import GaussianPath
 from vpfb.potentials.base import potential_and_velocity
+from vpfb.tensors import expand_like, flat_dot
 
 
 def call_net(net: nn.Module, x: Tensor, t: Tensor, c: Tensor | None) -> Tensor:
@@ -45,7 +46,7 @@ class DirectPotential(nn.Module):
         return potential_and_velocity(self.net, x, t, torch.is_grad_enabled(), rows)
 
     def log_density(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
-        return self.path.log_density_of(self(x, t, c), x, t)
+        return self.path.at(t).log_density_of(self(x, t, c), x)
 
 
 class EnergyPotential(nn.Module):
@@ -56,19 +57,19 @@ class EnergyPotential(nn.Module):
         self.net, self.path = net, path
 
     def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
-        v, dv = self.path.reference_variance(t)
-        return dv / (4 * v) * flat_dot(x, x) + self.path.half_g2_mu(t) * call_net(self.net, x, t, c)
+        s = self.path.at(t)
+        return s.d_variance / (4 * s.variance) * flat_dot(x, x) + s.half_g2_mu * call_net(self.net, x, t, c)
 
     def value_and_velocity(self, x: Tensor, t: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor]:
-        v, dv = self.path.reference_variance(t)
-        c = self.path.half_g2_mu(t)
+        s = self.path.at(t)
+        a, c = s.d_variance / (4 * s.variance), s.half_g2_mu  # Φ = a‖x‖² + cN
         n, grad_n = potential_and_velocity(self.net, x, t, torch.is_grad_enabled(), rows)
-        e = lambda s: expand_like(s[:rows], grad_n)  # noqa: E731
-        return dv / (4 * v) * flat_dot(x, x) + c * n, e(dv / (2 * v)) * x[:rows] + e(c) * grad_n
+        e = lambda b: expand_like(b[:rows], grad_n)  # noqa: E731
+        return a * flat_dot(x, x) + c * n, e(2 * a) * x[:rows] + e(c) * grad_n
 
     def log_density(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
-        v, _ = self.path.reference_variance(t)
-        return -flat_dot(x, x) / (2 * v) + self.path.mu(t) * call_net(self.net, x, t, c)
+        s = self.path.at(t)
+        return -flat_dot(x, x) / (2 * s.variance) + s.mu * call_net(self.net, x, t, c)
 
 
 class DenoisingEnergy(nn.Module):
@@ -92,8 +93,8 @@ class DenoisingEnergy(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
         w = self.bounded_output(x, t, c)
-        v, _ = self.path.reference_variance(t)
-        return flat_dot(x, w) / v.sqrt() - 0.5 * self.path.mu(t) * flat_dot(w, w)
+        s = self.path.at(t)
+        return flat_dot(x, w) / s.variance.sqrt() - 0.5 * s.mu * flat_dot(w, w)
 
 
 class LabelledPotential:

@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from vpfb.tensors import expand_like, flat_dot
+
 
 @dataclass
 class PathSample:
@@ -23,24 +25,48 @@ class PathSample:
     gamma: Tensor  # [N] ∂ₜ log ρ(x_t | x̄, t) = (σ̇/σ)(‖ε‖² − D) + (μ̇/σ) x̄·ε
 
 
-def expand_like(t: Tensor, x: Tensor) -> Tensor:
-    """View a per-sample time [N] as [N, 1, ..., 1] so it broadcasts against x [N, ...]."""
-    return t.reshape(-1, *([1] * (x.dim() - 1)))
+@dataclass(frozen=True)
+class Schedule:
+    """A path's schedule at times t [N], computed once: μ, σ, their time derivatives, and what is built from them
+    (docs/method.md §1)."""
 
+    mu: Tensor
+    sigma: Tensor
+    d_mu: Tensor
+    d_sigma: Tensor
 
-def flat_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample inner product over all non-batch dimensions."""
-    return (a * b).flatten(1).sum(1)
+    @property
+    def f(self) -> Tensor:
+        """Drift f = μ̇/μ of the equivalent diffusion (generative time)."""
+        return self.d_mu / self.mu
 
+    @property
+    def half_g2_mu(self) -> Tensor:
+        """½ g² μ = σ(μ̇σ − σ̇μ): finite on all of [0, 1], unlike g² itself."""
+        return self.sigma * (self.d_mu * self.sigma - self.d_sigma * self.mu)
 
-def _time_derivative(fn, t: Tensor) -> Tensor:
-    """d fn / dt by forward-mode autodiff (t may be an expanded view, which jvp cannot take)."""
-    t = t.contiguous()
-    return torch.func.jvp(fn, (t,), (torch.ones_like(t),))[1]
+    @property
+    def g2(self) -> Tensor:
+        """Squared diffusion g² = 2σ(μ̇σ − σ̇μ)/μ, so that v* = f x + ½ g² ∇log ρ̄ₜ."""
+        return 2 * self.half_g2_mu / self.mu
+
+    @property
+    def variance(self) -> Tensor:
+        """v = μ² + σ²: the marginal variance when the (standardised) data is N(0, I)."""
+        return self.mu**2 + self.sigma**2
+
+    @property
+    def d_variance(self) -> Tensor:
+        """v̇ = 2(μμ̇ + σσ̇)."""
+        return 2 * (self.mu * self.d_mu + self.sigma * self.d_sigma)
+
+    def log_density_of(self, phi: Tensor, x: Tensor) -> Tensor:
+        """log ρ̄ₜ(x) + C(t) = (2Φ − f‖x‖²)/g², read from the potential's value Φ at (x, t)."""
+        return (2 * phi - self.f * flat_dot(x, x)) / self.g2
 
 
 class GaussianPath:
-    """Base class: subclasses define μ(t) and σ(t); derivatives default to forward-mode autodiff."""
+    """Base class: subclasses define μ(t) and σ(t); their derivatives default to one forward-mode pass."""
 
     def mu(self, t: Tensor) -> Tensor:
         raise NotImplementedError
@@ -48,46 +74,26 @@ class GaussianPath:
     def sigma(self, t: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def d_mu(self, t: Tensor) -> Tensor:
-        return _time_derivative(self.mu, t)
+    def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(μ̇, σ̇) at t, by forward-mode autodiff (t may be an expanded view, which jvp cannot take)."""
+        t = t.contiguous()
+        return torch.func.jvp(lambda s: (self.mu(s), self.sigma(s)), (t,), (torch.ones_like(t),))[1]
 
-    def d_sigma(self, t: Tensor) -> Tensor:
-        return _time_derivative(self.sigma, t)
+    def at(self, t: Tensor) -> Schedule:
+        """The schedule at t [N]."""
+        return Schedule(self.mu(t), self.sigma(t), *self.derivatives(t))
 
     def sample(self, x_bar: Tensor, t: Tensor, eps: Tensor | None = None) -> PathSample:
         """Draw x_t ~ ρ(·|x̄, t) and return it with u and γ."""
         if eps is None:
             eps = torch.randn_like(x_bar)
-        mu, sigma = self.mu(t), self.sigma(t)
-        d_mu, d_sigma = self.d_mu(t), self.d_sigma(t)
-        e = lambda s: expand_like(s, x_bar)  # noqa: E731
-        x_t = e(mu) * x_bar + e(sigma) * eps
-        u = e(d_mu) * x_bar + e(d_sigma) * eps
+        s = self.at(t)
+        e = lambda a: expand_like(a, x_bar)  # noqa: E731
+        x_t = e(s.mu) * x_bar + e(s.sigma) * eps
+        u = e(s.d_mu) * x_bar + e(s.d_sigma) * eps
         dim = x_bar[0].numel()
-        gamma = (d_sigma / sigma) * (flat_dot(eps, eps) - dim) + (d_mu / sigma) * flat_dot(x_bar, eps)
+        gamma = (s.d_sigma / s.sigma) * (flat_dot(eps, eps) - dim) + (s.d_mu / s.sigma) * flat_dot(x_bar, eps)
         return PathSample(x_t=x_t, eps=eps, u=u, gamma=gamma)
-
-    def f(self, t: Tensor) -> Tensor:
-        """Drift f = μ̇/μ of the equivalent diffusion (generative time)."""
-        return self.d_mu(t) / self.mu(t)
-
-    def g2(self, t: Tensor) -> Tensor:
-        """Squared diffusion g² = 2σ(μ̇σ − σ̇μ)/μ, so that v* = f x + ½ g² ∇log ρ̄ₜ."""
-        return 2 * self.half_g2_mu(t) / self.mu(t)
-
-    def log_density_of(self, phi: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        """log ρ̄ₜ(x) + C(t) = (2Φ − f‖x‖²)/g², read from the potential's value Φ at (x, t)."""
-        return (2 * phi - self.f(t) * flat_dot(x, x)) / self.g2(t)
-
-    def half_g2_mu(self, t: Tensor) -> Tensor:
-        """½ g² μ = σ(μ̇σ − σ̇μ): finite on all of [0, 1], unlike g² itself."""
-        mu, sigma = self.mu(t), self.sigma(t)
-        return sigma * (self.d_mu(t) * sigma - self.d_sigma(t) * mu)
-
-    def reference_variance(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """v(t) = μ² + σ² and v̇: the marginal variance when the (standardised) data is N(0, I)."""
-        mu, sigma = self.mu(t), self.sigma(t)
-        return mu**2 + sigma**2, 2 * (mu * self.d_mu(t) + sigma * self.d_sigma(t))
 
     def config(self) -> dict:
         raise NotImplementedError
@@ -111,11 +117,8 @@ class LinearPath(GaussianPath):
     def sigma(self, t: Tensor) -> Tensor:
         return 1 - (1 - self.sigma_min) * t
 
-    def d_mu(self, t: Tensor) -> Tensor:
-        return torch.ones_like(t)
-
-    def d_sigma(self, t: Tensor) -> Tensor:
-        return torch.full_like(t, -(1 - self.sigma_min))
+    def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(t), torch.full_like(t, -(1 - self.sigma_min))
 
     def config(self) -> dict:
         return {"name": "linear", "sigma_min": self.sigma_min}

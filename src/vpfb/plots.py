@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from vpfb.likelihood import grid_log_normaliser  # noqa: E402
-from vpfb.sampling import ODESolution  # noqa: E402
+from vpfb.ode import ODESolution  # noqa: E402
 
 
 def _grid(low: Tensor, high: Tensor, points: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -8,100 +8,10 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
+from vpfb.ode import ODESolution, integrate
 from vpfb.potentials.base import Potential, value_and_grad, velocity
-
-Field = Callable[[Tensor, Tensor], Tensor]  # (x [N, ...], t [N]) -> dx/dt
-FIXED_STEP = {"euler": "euler", "heun": "heun2", "rk4": "rk4"}
-ADAPTIVE = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
-
-
-@dataclass
-class ODESolution:
-    x: Tensor  # state at t1
-    nfe: int  # velocity evaluations
-    times: Tensor | None = None  # [T] when a trajectory was asked for
-    trajectory: Tensor | None = None  # [T, N, ...]
-
-
-MAX_NFE = 10_000  # velocity evaluations after which a solve is stopped as stuck
-
-
-class SolverError(RuntimeError):
-    """An ODE solve that cannot finish: more evaluations than allowed, or a velocity that is not finite."""
-
-
-class Evaluations:
-    """Counts a solver's evaluations of the velocity and stops the solve with a SolverError past `limit` of them or
-    at a non-finite velocity, where an adaptive solver would otherwise shrink its step without end."""
-
-    def __init__(self, solver: str, limit: int):
-        if limit < 1:
-            raise ValueError(f"max_nfe must be at least 1, got {limit}")
-        self.solver, self.limit, self.count = solver, limit, 0
-
-    def check(self, t: Tensor, v: Tensor) -> Tensor:
-        self.count += 1
-        if not bool(torch.isfinite(v).all()):
-            raise SolverError(
-                f"the velocity is not finite at t = {float(t):.4g} ({self.solver}, evaluation "
-                f"{self.count}): the model's weights or inputs hold NaN or inf"
-            )
-        if self.count > self.limit:
-            raise SolverError(
-                f"{self.solver} went past its limit of {self.limit} velocity evaluations at t = "
-                f"{float(t):.4g}: the field is too stiff for this rtol/atol (a diverged model?). "
-                f"Loosen rtol/atol, raise max_nfe or use a fixed-step solver"
-            )
-        return v
-
-
-def end_inside(method: str, times: Tensor) -> dict | None:
-    """odeint options for integrating over `times`. torchdiffeq's adaptive solvers step past the end time and
-    interpolate back; a network trained on t ∈ [0, 1] must not be read outside it, so their last step is cut to
-    end at times[-1] exactly (as scipy's RK45 does). Fixed-step solvers never leave the grid: no options."""
-    return {"step_t": times[-1:]} if method in ADAPTIVE else None
-
-
-def integrate(
-    field: Field,
-    x0: Tensor,
-    t0: float = 0.0,
-    t1: float = 1.0,
-    solver: str = "dopri5",
-    steps: int = 100,
-    rtol: float = 1e-3,
-    atol: float = 1e-3,
-    save: int | None = None,
-    max_nfe: int = MAX_NFE,
-) -> ODESolution:
-    """Solve dx/dt = field(x, t) from t0 to t1 with torchdiffeq.
-
-    Fixed-step solvers ("euler", "heun", "rk4") take `steps` equal steps; adaptive ones ("dopri5", ...)
-    use rtol/atol and stop with a SolverError after `max_nfe` evaluations. `save` = k returns the states at k
-    equally spaced times (k ≥ 2, endpoints included).
-    """
-    if solver not in FIXED_STEP and solver not in ADAPTIVE:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(FIXED_STEP) + list(ADAPTIVE)}")
-    if solver in FIXED_STEP and steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if save is not None and save < 2:
-        raise ValueError(f"save must be at least 2 (both endpoints), got {save}")
-    evaluations = Evaluations(solver, max_nfe)
-
-    def counted(t: Tensor, x: Tensor) -> Tensor:
-        return evaluations.check(t, field(x, t.expand(x.shape[0])).detach())
-
-    times = torch.linspace(t0, t1, save or 2, dtype=x0.dtype, device=x0.device)
-    if solver in FIXED_STEP:
-        options = {"step_size": abs(t1 - t0) / steps}  # torchdiffeq runs a decreasing time grid itself
-        path = odeint(counted, x0, times, method=FIXED_STEP[solver], options=options)
-    else:
-        path = odeint(counted, x0, times, method=solver, rtol=rtol, atol=atol, options=end_inside(solver, times))
-    if save is None:
-        return ODESolution(path[-1], evaluations.count)
-    return ODESolution(path[-1], evaluations.count, times, path)
+from vpfb.tensors import draw_like
 
 
 def sample_ode(potential: Potential, x0: Tensor, t0: float = 0.0, t1: float = 1.0, **kwargs) -> ODESolution:
@@ -242,12 +152,6 @@ def annealed_langevin(
             if target_acceptance is not None:
                 eta *= math.exp(2 * (res.acceptance - target_acceptance))
     return AnnealedResult(x, acceptance, used, log_w)
-
-
-def draw_like(sampler, like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Random numbers shaped like `like`, drawn on the generator's device (a CPU generator may drive a GPU chain)."""
-    device = generator.device if generator is not None else like.device
-    return sampler(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 def _log_q(to: Tensor, frm: Tensor, grad_frm: Tensor, h: float) -> Tensor:

@@ -19,8 +19,10 @@ import torch
 from torch import Tensor
 
 from vpfb.energy import boltzmann
+from vpfb.ode import integrate
 from vpfb.potentials import value_and_grad
-from vpfb.sampling import draw_like
+from vpfb.sampling import sample_langevin
+from vpfb.tensors import draw_like, expand_like
 
 METHODS = ("ode", "sgld", "released")
 
@@ -44,35 +46,44 @@ def long_run(
     records: int = 11,
     generator: torch.Generator | None = None,
 ) -> LongRun:
-    """Run `method` from x0 for t_end / step_size steps, recording the diagnostics at `records` equally spaced
-    times (both ends included)."""
+    """Run `method` from x0 [N, ...] for t_end / step_size steps, recording the diagnostics at `records` equally
+    spaced times (both ends included; records − 1 must divide the steps). The ODE is `vpfb.ode`'s Euler solver, the
+    principled chain `vpfb.sampling.sample_langevin` (unadjusted)."""
     if method not in METHODS:
         raise ValueError(f"unknown long-run method {method!r}; choose one of {METHODS}")
     steps = round(t_end / step_size)
-    if steps < 1 or records < 2:
-        raise ValueError(f"need t_end ≥ step_size and records ≥ 2, got {t_end}, {step_size}, {records}")
-    at_one = lambda y: potential(y, torch.ones(len(y), dtype=y.dtype, device=y.device))  # noqa: E731
+    if steps < 1 or records < 2 or steps % (records - 1):
+        raise ValueError(
+            f"need t_end ≥ step_size and records ≥ 2 with records − 1 dividing the {steps} steps, "
+            f"got t_end={t_end}, step_size={step_size}, records={records}"
+        )
+    every = steps // (records - 1)
     log_p_b = lambda y: boltzmann(potential, y) / temperature  # noqa: E731
-    record_at = {round(k * steps / (records - 1)) for k in range(records)}
-    x, rows = x0.detach(), []
-    dim = x0[0].numel()
-    for k in range(steps + 1):
-        if k in record_at:
-            phi, grad = value_and_grad(at_one, x)
-            rows.append((k * step_size, (grad.flatten(1) ** 2).sum(1).mean().detach(), phi.mean().detach(), x))
-        if k == steps:
-            break
-        t = torch.full((len(x),), min(k * step_size, 1.0), dtype=x.dtype, device=x.device)
-        if method == "ode":
-            x = x + step_size * value_and_grad(lambda y: potential(y, t), x)[1]
-        else:
-            drift = value_and_grad(log_p_b, x)[1]
-            noise = draw_like(torch.randn, x, generator)
-            if method == "sgld":
-                x = x + step_size * drift + math.sqrt(2 * step_size) * noise
-            else:
-                norm = drift.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, *[1] * (x.dim() - 1))
-                x = x + step_size * 0.5 * math.sqrt(dim) * drift / norm + noise_scale * math.sqrt(2 * step_size) * noise
-        x = x.detach()
-    times, grads, phis, states = zip(*rows)
-    return LongRun(torch.tensor(times), torch.stack(grads), torch.stack(phis), torch.stack(states))
+    if method == "ode":
+        field = lambda y, t: value_and_grad(lambda z: potential(z, t.clamp(max=1.0)), y)[1]  # noqa: E731
+        states = integrate(field, x0.detach(), 0.0, steps * step_size, "euler", steps, save=records).trajectory
+    elif method == "sgld":
+        states = sample_langevin(log_p_b, x0, steps, step_size, save_every=every, generator=generator).trajectory
+    else:
+        states = _released(log_p_b, x0.detach(), steps, step_size, noise_scale, every, generator)
+    at_one = lambda y: potential(y, torch.ones(len(y), dtype=y.dtype, device=y.device))  # noqa: E731
+    phis, grads = zip(*(value_and_grad(at_one, x) for x in states))
+    return LongRun(
+        torch.arange(records) * (every * step_size),
+        torch.stack([(g.flatten(1) ** 2).sum(1).mean().detach() for g in grads]),
+        torch.stack([phi.mean().detach() for phi in phis]),
+        states,
+    )
+
+
+def _released(log_p_b, x: Tensor, steps: int, h: float, noise_scale: float, every: int, generator) -> Tensor:
+    """The authors' heuristic chain: x ← x + h·½√D·d/‖d‖ + s√(2h)ξ with d = ∇Φ_B; the states every `every` steps."""
+    dim, saved = x[0].numel(), [x]
+    for k in range(1, steps + 1):
+        drift = value_and_grad(log_p_b, x)[1]
+        noise = draw_like(torch.randn, x, generator)
+        norm = expand_like(drift.flatten(1).norm(dim=1).clamp_min(1e-12), x)
+        x = (x + h * 0.5 * math.sqrt(dim) * drift / norm + noise_scale * math.sqrt(2 * h) * noise).detach()
+        if k % every == 0:
+            saved.append(x)
+    return torch.stack(saved)
