@@ -7,6 +7,8 @@ measured on the 1,000 held-out digits of the test split:
   digits: Spearman's rank correlation and the spread (sd) of their difference in bits/dim;
 - normalisation: log Z_t by annealed importance sampling from the prior (where ψ is exact) with its effective
   sample size, and the held-out digits' bits/dim under the normalised energy beside the CNF's;
+- consistency: ψ(·, t) against the model's own flow at t (the CNF read back from t) on noised held-out digits and
+  on the flow's states, and log Z_t by importance sampling with the flow as the proposal, with its ESS;
 - sampling: the Fréchet distance (features of benchmarks/mnist_classifier.py, against the training digits) of
   samples drawn from the energy alone (annealed MALA from the prior, `EnergyModel.sample_langevin`) against the
   ODE's (10 Heun steps) from the same model;
@@ -34,8 +36,9 @@ from vpfb.evaluation.frechet import extract_features, frechet_distance
 from vpfb.evaluation.ood import MultiscaleEnergy, score_sets, table_of
 from vpfb.evaluation.ood_sets import protocol_sets, reference_images
 from vpfb.evaluation.tasks import OOD_SCORES as TASK_SCORES
-from vpfb.likelihood import bits_per_dim
+from vpfb.likelihood import bits_per_dim, log_likelihood
 from vpfb.model import EnergyModel, load
+from vpfb.ode import integrate
 from vpfb.plots import save_image_grid
 from vpfb.potentials import value_and_grad, velocity
 from vpfb.sampling import sample_langevin
@@ -93,6 +96,48 @@ def normalised_bits(model: EnergyModel, x: Tensor, cnf: Tensor, t: float, chains
         "energy_bpd": bits_per_dim(psi - log_z, model.dim),
         "cnf_bpd": bits_per_dim(cnf, model.dim),
     }
+
+
+def consistency(model: EnergyModel, x: Tensor, t: float, probes: int) -> dict:
+    """Is ψ(·, t) the log-density of the model's own flow at t, up to log Z_t? On noised held-out digits y = μx + σε
+    and on the flow's own states at t (dopri5 from the prior), ψ(y, t) against the CNF log p_t(y) read back from t,
+    the mean of two solves with `probes` Hutchinson probes each (their difference measures the noise): Spearman's
+    correlation and the sd of ψ − log p_t (0 for an exact energy); on the flow's states also log Z_t by importance
+    sampling with the flow as the proposal, log mean exp(ψ − log q), and its effective sample size."""
+    phi, n = model.phi, len(x)
+    tt = torch.full((n,), t)
+    s = model.path.at(tt[:1])
+    mu, sigma, sigma0 = float(s.mu), float(s.sigma), float(model.path.sigma(torch.zeros(1)))
+    g = torch.Generator().manual_seed(6)
+    noised = mu * x + sigma * torch.randn(x.shape, generator=g)
+    start = sigma0 * torch.randn(x.shape, generator=g)
+    flowed = integrate(lambda y, s_: velocity(phi, y, s_), start, 0.0, t).x
+    field = lambda y, s_: velocity(phi, y, s_, create_graph=True)  # noqa: E731
+    rows = {"t": t, "digits": n, "probes_per_solve": probes}
+    for name, y in (("noised_held_out", noised), ("flow_states", flowed)):
+        solves = []
+        for seed in (10, 11):
+            gen = torch.Generator().manual_seed(seed)
+            cnf = lambda c: log_likelihood(  # noqa: E731
+                field, c, t1=t, prior_std=sigma0, hutchinson=probes, rtol=1e-3, atol=1e-3, generator=gen
+            )
+            solves.append(in_batches(cnf, y, 32).double())
+        log_q = (solves[0] + solves[1]) / 2
+        with torch.no_grad():
+            psi = phi.log_density(y, tt).double()
+        d = psi - log_q
+        row = {
+            "spearman": float(spearmanr(psi, log_q).statistic),
+            "sd_difference_nats": float(d.std()),
+            "sd_between_nats": float(log_q.std()),
+            "noise_sd_of_the_mean_nats": float((solves[0] - solves[1]).std() / 2),
+        }
+        if name == "flow_states":
+            row["log_z"] = float(torch.logsumexp(d, 0) - math.log(n))
+            row["ess"] = float(torch.exp(2 * torch.logsumexp(d, 0) - torch.logsumexp(2 * d, 0)))
+        rows[name] = row
+        log(f"consistency {name}: {row}")
+    return rows
 
 
 def confident(classifier, x: Tensor, level: float = 0.9) -> float:
@@ -163,11 +208,15 @@ def main() -> None:
     p.add_argument("--read-out", type=float, default=0.9, help="t for log Z, MALA and the long chain")
     p.add_argument("--samples", type=int, default=1000, help="samples for the Fréchet distances")
     p.add_argument("--langevin-steps", type=int, default=250)
+    p.add_argument("--consistency-n", type=int, default=64, help="digits and flow states of the consistency stage")
+    p.add_argument("--consistency-probes", type=int, default=2, help="Hutchinson probes in each of its two solves")
     p.add_argument("--partition-chains", type=int, default=64)
     p.add_argument("--partition-steps", type=int, default=1000)
     p.add_argument("--chain-steps", type=int, default=5000)
     p.add_argument("--chains", type=int, default=64, help="chains of the long run")
-    p.add_argument("--skip", nargs="*", default=[], choices=["agreement", "partition", "sampling", "chain", "ood"])
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["agreement", "partition", "consistency", "sampling", "chain", "ood"]
+    )
     p.add_argument("--ood-n", type=int, default=100, help="held-out digits and images of each OOD set")
     p.add_argument("--ood-sets", nargs="*", default=list(NEAR), help="OOD sets scored (the CNF is slow on far ones)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "image_energy")
@@ -193,6 +242,8 @@ def main() -> None:
                     model, x, cnf, args.read_out, args.partition_chains, args.partition_steps
                 )
                 log(f"{run}: partition {row['partition']}")
+        if energy and "consistency" not in args.skip:
+            row["consistency"] = consistency(model, x[: args.consistency_n], args.read_out, args.consistency_probes)
         if "sampling" not in args.skip:
             z0 = torch.randn(args.samples, *model.shape, generator=torch.Generator().manual_seed(0))
             ode, _ = draw(lambda y, s: velocity(model.phi, y, s), z0, "heun", 10)

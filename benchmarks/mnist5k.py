@@ -51,9 +51,10 @@ from torch import Tensor
 
 from vpfb.config import Config, load_config
 from vpfb.data import load_images
+from vpfb.data.training_set import ImageBatches
 from vpfb.evaluation.frechet import extract_features, frechet_distance
 from vpfb.factory import build_loss_from_config, build_potential
-from vpfb.fit import ImageBatches, fit
+from vpfb.fit import fit
 from vpfb.model import load
 from vpfb.ode import integrate
 from vpfb.plots import save_image_grid

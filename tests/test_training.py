@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import GaussianTruth
 
-from vpfb.config import load_config
+from vpfb.config import ConfigError, load_config
 from vpfb.fit import fit
 from vpfb.likelihood import grid_log_normaliser
 from vpfb.paths import LinearPath
@@ -86,3 +86,9 @@ def test_cnf_likelihood_of_trained_model_is_near_the_truth(trained):
     x = model.standardizer.inverse(z)
     exact = truth.log_density(z, torch.ones(500)) - model.standardizer.log_abs_det()
     assert abs((model.log_likelihood(x) - exact).mean()) < 0.03
+
+
+def test_a_conditional_model_of_points_is_refused_before_training():
+    cfg = load_config(None, ["model.conditional=true", "train.steps=1"])
+    with pytest.raises(ConfigError, match="points have none"):
+        fit(cfg, points=torch.randn(64, 2), progress_bar=False)
