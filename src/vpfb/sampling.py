@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -152,6 +153,66 @@ def annealed_langevin(
             if target_acceptance is not None:
                 eta *= math.exp(2 * (res.acceptance - target_acceptance))
     return AnnealedResult(x, acceptance, used, log_w)
+
+
+def langevin_on_energy(
+    potential,
+    path,
+    x: Tensor,
+    t: float,
+    steps: int = 500,
+    step_size: float | None = None,
+    metropolis: bool = True,
+    anneal: bool = True,
+    predictor: bool = True,
+    denoise: bool = True,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> AnnealedResult:
+    """MALA (or unadjusted Langevin) on an energy ψ(x, t) = potential.log_density(x, t) ∝ log ρ̄ₜ in the path's
+    coordinates, from x [N, ...]: prior draws N(0, σ(0)²I) when annealing, states at t otherwise (the recipe is
+    EnergyModel.langevin's). Returns the chains' end in data units: Tweedie's E[x̄ | x] = (x + σ²∇ψ)/μ at t with
+    denoise, else x/μ."""
+    s = path.at(torch.tensor([float(t)], device=x.device))
+    mu, sigma = float(s.mu), float(s.sigma)
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if mu <= 0 or sigma <= 0:
+        raise ValueError(
+            f"Langevin on ψ(·, t) needs μ(t) > 0 and σ(t) > 0; at t = {t:g} μ = {mu:g}, "
+            f"σ = {sigma:g}: read the energy at a t inside (0, 1) or train with path.sigma_min > 0"
+        )
+    block = min(5, steps)
+    levels = steps // block
+    times = [t * (k + 1) / levels for k in range(levels)] if anneal else [t] * levels
+    at = path.at(torch.tensor(times, device=x.device))
+    if step_size is None:  # σ(tₖ)²/D^(1/3), adapted towards MALA's optimal acceptance
+        base = (at.sigma**2 / x[0].numel() ** (1 / 3)).tolist()
+    else:  # a fixed step in standardised data units
+        base = (at.mu**2 * step_size).tolist()
+    full = lambda y, s: torch.full((len(y),), s, device=y.device)  # noqa: E731
+    log_p = lambda y, s: potential.log_density(y, full(y, s))  # noqa: E731
+    transport = None
+    if anneal and predictor:
+        transport = lambda y, s0, s1: y + (s1 - s0) * velocity(potential, y, full(y, s0))  # noqa: E731
+        x = transport(x, 0.0, times[0]).detach()
+    res = annealed_langevin(
+        log_p,
+        x,
+        times,
+        base,
+        block,
+        temperature,
+        metropolis,
+        0.574 if step_size is None else None,
+        generator,
+        transport,
+        start_time=0.0 if anneal else None,
+    )
+    x = res.x
+    if denoise:
+        x = x + sigma**2 * value_and_grad(lambda y: log_p(y, t), x)[1]
+    return dataclasses.replace(res, x=x.detach() / mu)
 
 
 def _log_q(to: Tensor, frm: Tensor, grad_frm: Tensor, h: float) -> Tensor:
