@@ -32,11 +32,27 @@ def fit(
     progress_bar: bool = True,
     existing: str = "check",
 ) -> EnergyModel:
-    """Train on cfg.data (or the given points [N, d]) and, when `out` is given, save the run there (image models
-    also draw sample grids to out/samples/). Running the same run again on the same `out` resumes it from its last
-    checkpoint; a different one (configuration or data) is refused unless existing="resume" (continue it with the
-    new settings) or "restart" (discard it): see vpfb.training.rundir.claim. Under torchrun every rank trains and
-    rank 0 alone writes."""
+    """Train a potential Φ on cfg.data (or the given points [N, d]) and return it as an EnergyModel; when `out` is
+    given, save the run there (image models also draw sample grids to out/samples/).
+
+    Running the same run again on the same `out` resumes it from its last checkpoint; a different one (configuration
+    or data) is refused unless existing="resume" (continue it with the new settings) or "restart" (discard it): see
+    vpfb.training.rundir.claim. Under torchrun every rank trains and rank 0 alone writes. For points with
+    cfg.eval.calibrate, the read-out time is then picked among cfg.eval.calibrate_times by `calibrate_density_t` on
+    up to cfg.eval.calibrate_points training points (drawn with cfg.train.seed).
+
+    Args:
+        cfg: the configuration (data, model, loss, train, eval); the initial weights are drawn from cfg.train.seed.
+        out: run directory: config.yaml, checkpoints/, model.safetensors + model.json, for images samples/ and
+            samples.png (the last grid). None: nothing is written.
+        points: [N, d] training points in user units, in place of cfg.data (unused by image architectures).
+        progress_bar: show the trainer's progress bar.
+        existing: "check", "resume" or "restart": what to do with a different run already in `out`.
+    Returns:
+        EnergyModel with the EMA weights on cfg.train.device, read_out_t calibrated as above (else
+        cfg.eval.density_t). Raises ConfigError for a CUDA device without a GPU, or a conditional model without
+        labels.
+    """
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={cfg.train.device} but no CUDA GPU is available; add train.device=cpu")
     if cfg.model.architecture in IMAGE_ARCHITECTURES:

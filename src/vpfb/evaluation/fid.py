@@ -178,7 +178,15 @@ def reference_stats(
     """FeatureStats of every image of a data set's split (`vpfb.data.load_images` at image_size), cached in
     cache_dir as <data set>-<split>-<size>-<extractor_name>.safetensors. A cache file that cannot be read, or
     describes something else, is recomputed with a warning. With `shape`, images of another shape are an error.
-    `extractor_name` must change whenever the extractor's weights do (`build_extractor` names them so)."""
+    `extractor_name` must change whenever the extractor's weights do (`build_extractor` names them so).
+
+    Args:
+        dataset, root, split, image_size: the images, as `load_images` takes them (image_size None: native size).
+        extractor: module mapping images [B, C, H, W] in [-1, 1] (moved to its device) to features [B, d].
+        cache_dir: default `default_cache_dir()`. batch_size: images per batch. shape: the model's (C, H, W).
+    Returns:
+        FeatureStats of all the split's images (meta: dataset, split, image_size, extractor, shape).
+    """
     key = {
         "dataset": _dataset_key(dataset),
         "split": split,
@@ -245,7 +253,14 @@ def sample_stats(
     **sample_options,
 ) -> tuple[FeatureStats, Tensor]:
     """This rank's share of n quantised model samples, drawn batch by batch with a generator seeded seed + rank:
-    the FeatureStats of their features and the first `keep` of them (CPU, in [-1, 1])."""
+    the FeatureStats of their features and the first `keep` of them (CPU, in [-1, 1]).
+
+    Args:
+        n: samples over all ranks (`world.share_sizes`). batch_size: samples per `model.sample` call.
+        sample_options: `EnergyModel.sample`'s (solver, steps, labels, tolerances).
+    Returns:
+        (FeatureStats of this rank alone (all_reduce them), [min(keep, share), *shape] kept samples).
+    """
     share = world.share_sizes(n)[world.rank]
     generator = torch.Generator().manual_seed(seed + world.rank)
     kept: list[Tensor] = []
@@ -286,7 +301,18 @@ def fid(
     """FD between n samples of `model` and its training set in the features of `extractor` (module docstring).
     Under torchrun every rank calls it; the samples are shared out, rank 0 computes the reference, and every rank
     returns {"fid", "samples", "reference", "extractor", "feature_dim"} (and "images", rank 0's first `keep`
-    samples, when keep > 0). A module extractor is moved to the model's device and put in eval mode."""
+    samples, when keep > 0). A module extractor is moved to the model's device and put in eval mode.
+
+    Args:
+        n: samples in all, more than d and at least one per process (default 50,000).
+        extractor: "inception", "mnist" (weights at `extractor_path`) or an nn.Module (`build_extractor`).
+        batch_size: images per sampling and feature batch. solver, steps: the ODE sampler's (`EnergyModel.flow`).
+        seed: rank r samples with seed + r. cache_dir: reference statistics (default `default_cache_dir()`).
+        progress: progress bars (rank 0). sample_options: further `EnergyModel.sample` arguments (labels, ...).
+    Returns:
+        dict: "fid" (float), "samples" n, "reference" {dataset, split, image_size, images}, "extractor" (its
+        cache name), "feature_dim" d, "seed", and with keep > 0 "images" [≤ keep, C, H, W] (CPU; each rank its own).
+    """
     if len(model.shape) != 3:
         raise ValueError(f"FID needs an image model; this one takes points of dimension {model.dim}")
     world = distributed.current()

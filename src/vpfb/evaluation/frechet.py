@@ -161,7 +161,14 @@ class FeatureStats:
 
 def frechet_distance_of_stats(a: FeatureStats, b: FeatureStats) -> float:
     """‖m_a − m_b‖² + tr(C_a + C_b − 2(C_a C_b)^{1/2}) of the Gaussians fitted to two sets given by their statistics:
-    torchmetrics' FID computed from its own states, set to these sums, in float64."""
+    torchmetrics' FID computed from its own states, set to these sums, in float64.
+
+    Args:
+        a, b: FeatureStats of one dimension d, each of at least 2 features (complete: already summed over
+            processes; they are not synchronised again).
+    Returns:
+        The Fréchet distance, a float (ImportError without torchmetrics).
+    """
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
     except ImportError as err:
@@ -187,7 +194,13 @@ def frechet_distance_of_stats(a: FeatureStats, b: FeatureStats) -> float:
 
 def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
     """‖m_a − m_b‖² + tr(C_a + C_b − 2(C_a C_b)^{1/2}) of two feature sets [N_a, d] and [N_b, d], in float64
-    (`frechet_distance_of_stats` of their statistics)."""
+    (`frechet_distance_of_stats` of their statistics).
+
+    Args:
+        feats_a, feats_b: [N_a, d] and [N_b, d] finite features, N ≥ 2 each (N ≫ d for a small bias); any device.
+    Returns:
+        The Fréchet distance, a float.
+    """
     a, b = _check_features(feats_a, "feats_a"), _check_features(feats_b, "feats_b")
     return frechet_distance_of_stats(FeatureStats.of(a.cpu()), FeatureStats.of(b.cpu()))
 
@@ -239,7 +252,15 @@ class MnistFeatures(nn.Module):
 
 @torch.no_grad()
 def extract_features(extractor: nn.Module, images: Tensor, batch_size: int = 500) -> Tensor:
-    """extractor(images) [N, d] computed batch by batch without gradients, in float64."""
+    """extractor(images) [N, d] computed batch by batch without gradients, in float64.
+
+    Args:
+        extractor: a module mapping images [B, C, H, W] to features [B, d] (e.g. MnistFeatures, in [-1, 1]).
+        images: [N, C, H, W], on the extractor's device (they are not moved).
+        batch_size: images per call, at least 1.
+    Returns:
+        [N, d] float64 features on the extractor's output device.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     return torch.cat([extractor(chunk).double() for chunk in images.split(batch_size)])

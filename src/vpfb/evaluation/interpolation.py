@@ -11,7 +11,14 @@ from vpfb.model import EnergyModel
 
 def slerp(z0: Tensor, z1: Tensor, alphas: Tensor) -> Tensor:
     """Points [len(alphas), *z0.shape] along the great circle from z0 to z1, with the norm interpolated linearly:
-    ‖z(α)‖ = (1 − α)‖z0‖ + α‖z1‖ (so constant for equal norms) and z(0) = z0, z(1) = z1."""
+    ‖z(α)‖ = (1 − α)‖z0‖ + α‖z1‖ (so constant for equal norms) and z(0) = z0, z(1) = z1.
+
+    Args:
+        z0, z1: two nonzero points of one shape (e.g. [*shape]); nearly parallel ones are joined along the line.
+        alphas: [K] positions α, 0 at z0 and 1 at z1.
+    Returns:
+        [K, *z0.shape] points, in z0's dtype and on its device.
+    """
     if z0.shape != z1.shape:
         raise ValueError(f"slerp needs two points of one shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
     n0, n1 = z0.norm(), z1.norm()
@@ -35,7 +42,18 @@ def interpolate(
     **ode,
 ) -> dict[str, Tensor]:
     """Samples along a slerp in the prior between two endpoints: fresh noises, or the inverted samples x_a, x_b.
-    Returns the samples [steps, ...], their log_density (the energy along the path) and the prior points."""
+    Returns the samples [steps, ...], their log_density (the energy along the path) and the prior points.
+
+    Args:
+        model: the trained model.
+        steps: points along the path, at least 2, with α evenly spaced in [0, 1].
+        x_a, x_b: [*shape] endpoints in user units, carried to the prior by `EnergyModel.invert`; both or neither.
+        generator: draws the two noises z ~ N(0, I) when no endpoints are given.
+        ode: the ODE's solver and tolerances (`EnergyModel.flow`'s solver, rtol, atol), for inverting and flowing.
+    Returns:
+        {"samples": [steps, *shape] in user units, "log_density": [steps] at the model's read-out time,
+        "prior": [steps, *shape] the slerp's points (standardised units)}.
+    """
     if steps < 2:
         raise ValueError(f"an interpolation needs at least 2 points, got {steps}")
     if (x_a is None) != (x_b is None):

@@ -48,7 +48,20 @@ def long_run(
 ) -> LongRun:
     """Run `method` from x0 [N, ...] for t_end / step_size steps, recording the diagnostics at `records` equally
     spaced times (both ends included; records − 1 must divide the steps). The ODE is `vpfb.ode`'s Euler solver, the
-    principled chain `vpfb.sampling.sample_langevin` (unadjusted)."""
+    principled chain `vpfb.sampling.sample_langevin` (unadjusted).
+
+    Args:
+        potential: Φ(x, t), x [N, ...] and t [N] -> [N] (e.g. EnergyModel.phi, in standardised units).
+        x0: [N, ...] starting states.
+        method: one of METHODS, "ode", "sgld" or "released".
+        t_end: the time run to; step_size: h, so round(t_end / h) steps.
+        temperature: T of the target exp(Φ_B/T) ("sgld"; "released" normalises its drift, so T leaves it unchanged).
+        noise_scale: s of "released".
+        records: K, the number of recorded times, at least 2.
+        generator: the chains' noise (unused by "ode").
+    Returns:
+        LongRun: times [K], mean_grad_sq [K] E‖∇ₓΦ(x, 1)‖², mean_phi [K] EΦ(x, 1), snapshots [K, N, ...].
+    """
     if method not in METHODS:
         raise ValueError(f"unknown long-run method {method!r}; choose one of {METHODS}")
     steps = round(t_end / step_size)

@@ -13,8 +13,14 @@ from vpfb.model import EnergyModel
 
 
 def png_bits(x: Tensor) -> Tensor:
-    """The length in bits of each image x ∈ [-1, 1] [N, C, H, W], quantised to 8 bits and saved as a PNG: a generic
-    compressor's estimate of its complexity (Serrà et al. 2020)."""
+    """The length in bits L(x) of each image x ∈ [-1, 1] [N, C, H, W], quantised to 8 bits and saved as a PNG: a
+    generic compressor's estimate of its complexity (Serrà et al. 2020).
+
+    Args:
+        x: [N, C, H, W] images in [-1, 1] (clamped), C = 1 (grey) or 3 (RGB); any device.
+    Returns:
+        [N] float64 on the CPU: 8 × the PNG file's bytes.
+    """
     import io
 
     from PIL import Image
@@ -40,8 +46,16 @@ LOG2 = float(np.log(2))
 
 
 def cnf(model: EnergyModel, x: Tensor, batch_size: int = 64) -> Tensor:
-    """The CNF log-likelihood at tolerance 1e-3 (a ranking needs no more), Hutchinson's estimator beyond 16-D, in
-    batches of 64: the solve keeps a graph through the network (about 9 GB for 256 MNIST digits on the U-Net)."""
+    """The CNF log-likelihood log p(x) (`EnergyModel.log_likelihood`) at tolerance 1e-3 (a ranking needs no more),
+    Hutchinson's estimator (one probe) beyond 16-D, in batches of 64: the solve keeps a graph through the network
+    (about 9 GB for 256 MNIST digits on the U-Net).
+
+    Args:
+        x: [N, *shape] in user units.
+        batch_size: rows per solve (default 64).
+    Returns:
+        [N] log p(x) (nats).
+    """
     return torch.cat(
         [model.log_likelihood(c, hutchinson=model.dim > 16, rtol=1e-3, atol=1e-3) for c in x.split(batch_size)]
     )
@@ -64,7 +78,17 @@ class MultiscaleEnergy:
     features f(x) = (ψ(x, tₖ)/D, ‖∇Φ(x, tₖ)‖/√D) at times tₖ, a Gaussian N(m, C) fitted to in-distribution
     training images, and the score log N(f(x); m, C) up to a constant. A near-distribution image (a rotated digit)
     can be as likely as a typical one at one noise level and still have an atypical profile across levels.
-    C is regularised by 1e-3 of its diagonal (the features are strongly correlated)."""
+    C is regularised by 1e-3 of its diagonal (the features are strongly correlated).
+
+    Args:
+        model: the model whose energy gives the features.
+        x_train: [N, *shape] in-distribution training images, more than 2K of them (K times).
+        times: the times tₖ (default TIMES).
+        batch_size: rows per feature batch while fitting.
+
+    Called as score(model, x, t=None) with x [N, *shape] (t is ignored: the times are fixed), it returns [N] float64
+    on the CPU, log N(f(x); m, C) + const; `ood_scores` and `score_sets` take it as a score.
+    """
 
     TIMES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
@@ -100,7 +124,19 @@ def ood_scores(
     model: EnergyModel, x: Tensor, score: str | Score = "boltzmann", t: float | None = None, batch_size: int = 256
 ) -> Tensor:
     """One score per sample, higher meaning more in-distribution, computed in batches; `score` names one of SCORES
-    or is a fitted score such as MultiscaleEnergy."""
+    or is a fitted score such as MultiscaleEnergy.
+
+    Args:
+        model: the trained model.
+        x: [N, *shape] samples in user units.
+        score: "boltzmann" (Φ_B), "log_density", "likelihood" (CNF), "grad_norm" (−‖∇Φ‖), "likelihood_complexity",
+            "energy_complexity" (log₂ p + L(x), L from `png_bits`), or a callable (model, x, t) -> [N].
+        t: the time read; None: each score's default (Φ_B at t = 1, log_density at the model's read-out t,
+            grad_norm at `end_time`); the CNF scores ignore it.
+        batch_size: rows per call of the score.
+    Returns:
+        [N] scores, detached, on the CPU (float64 for the complexity scores).
+    """
     if isinstance(score, str):
         if score not in SCORES:
             raise ValueError(f"unknown OOD score {score!r}; choose one of {sorted(SCORES)}")
@@ -109,7 +145,15 @@ def ood_scores(
 
 
 def ood_metrics(scores_in: Tensor, scores_out: Tensor) -> dict[str, float]:
-    """AUROC, AUPR (in-distribution = positive class) and the false-positive rate at 95% true-positive rate."""
+    """AUROC, AUPR (in-distribution = positive class) and the false-positive rate at 95% true-positive rate.
+
+    Args:
+        scores_in: [N_in] finite scores of in-distribution samples (flattened; tensor or array), higher = more
+            in-distribution.
+        scores_out: [N_out] finite scores of OOD samples.
+    Returns:
+        {"auroc", "aupr", "fpr95"} floats; fpr95 is the FPR at the first ROC point whose TPR reaches 0.95.
+    """
     from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
     s_in, s_out = (np.asarray(torch.as_tensor(s).detach().cpu().double()).ravel() for s in (scores_in, scores_out))
@@ -138,7 +182,20 @@ def score_sets(
     t: float | None = None,
 ) -> dict[str, dict[str, Tensor]]:
     """{score: {"in-distribution": scores of x_in, OOD set name: its scores}}; all sets must match the model.
-    `scores`: names of SCORES, or {name: score} with fitted ones."""
+    `scores`: names of SCORES, or {name: score} with fitted ones.
+
+    A complexity score whose base score ("likelihood", "log_density") is also asked for reuses it (log₂ p + L(x)):
+    no second CNF solve.
+
+    Args:
+        model: the trained model.
+        x_in: [N, *shape] in-distribution samples.
+        x_out: {OOD set name: [M, *shape]} (each with the model's shape: resize first).
+        scores: names of SCORES, or {name: a name of SCORES or a fitted score such as MultiscaleEnergy}.
+        t: the time read, as `ood_scores`.
+    Returns:
+        {score: {set name: [N] or [M] scores on the CPU}}, scores in the order given, "in-distribution" first.
+    """
     if not isinstance(scores, dict):
         scores = {name: name for name in scores}
     for name, x in x_out.items():
@@ -175,5 +232,11 @@ def ood_table(
     scores: tuple[str, ...] = ("boltzmann",),
     t: float | None = None,
 ) -> list[dict]:
-    """Rows {ood set, score, auroc, aupr, fpr95} for every OOD set and score; all sets must match the model."""
+    """Rows {ood set, score, auroc, aupr, fpr95} for every OOD set and score; all sets must match the model.
+
+    Args:
+        model, x_in, x_out, scores, t: as `score_sets` (x_in [N, *shape], x_out {name: [M, *shape]}).
+    Returns:
+        list of {"ood": set name, "score": score name, "auroc", "aupr", "fpr95"} (`ood_metrics`), grouped by score.
+    """
     return table_of(score_sets(model, x_in, x_out, scores, t))

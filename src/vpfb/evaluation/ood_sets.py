@@ -27,7 +27,15 @@ SET_CHANNELS = {"cifar10": 3, "cifar100": 3, "svhn": 3, "celeba": 3, "mnist": 1,
 def synthetic_ood_sets(x: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
     """Out-of-distribution images of the same shape, made from nothing but the in-distribution batch x ∈ [-1, 1]:
     far sets (uniform noise, constant images, inverted images, scikit-learn's 8×8 digits upscaled) and near ones
-    (rotations by 90° and 180°, a Gaussian blur of σ = 1 pixel, a shift by 3 pixels right and down)."""
+    (rotations by 90° and 180°, a Gaussian blur of σ = 1 pixel, a shift by 3 pixels right and down).
+
+    Args:
+        x: [N, C, H, W] in-distribution images in [-1, 1] (square for the rotations to keep the shape).
+        generator: draws the uniform noise and the constants.
+    Returns:
+        {set name: [N, C, H, W]} for "uniform noise", "constant", "inverted", "rotated 90°", "rotated 180°",
+        "blurred", "shifted 3 px" and "digits 8×8 upscaled" (the digits cycled to N, bilinear, grey repeated to C).
+    """
     n, c, h, w = x.shape
     sets = {
         "uniform noise": torch.rand(x.shape, generator=generator) * 2 - 1,
@@ -65,7 +73,16 @@ def interpolated_images(
     images: Tensor, n: int, generator: torch.Generator | None = None, weight: float = 0.5
 ) -> Tensor:
     """n mixtures λa + (1 − λ)b, λ = weight, of two images a ≠ b (distinct indices) of `images` [N, C, H, W],
-    each pair drawn uniformly; λ = 0.5, the even blend, is the "interpolation" set of JEM/CDRL-style tables."""
+    each pair drawn uniformly; λ = 0.5, the even blend, is the "interpolation" set of JEM/CDRL-style tables.
+
+    Args:
+        images: [N, C, H, W], N ≥ 2.
+        n: how many mixtures, at least 1.
+        generator: draws the pairs.
+        weight: λ ∈ [0, 1].
+    Returns:
+        [n, C, H, W] mixtures on the images' device.
+    """
     if len(images) < 2:
         raise ValueError(f"interpolations mix two distinct images; got {len(images)}")
     _check_n(n)
@@ -136,6 +153,16 @@ def protocol_sets(
     MNIST sets padded 28 → 32, CelebA the authors' centre crop 140 resized. A grey OOD set against an RGB model has
     its grey repeated in R, G and B; the in-distribution set must have the model's channels. "synthetic" draws its
     in-distribution images from `own`, the run's data, which must have `shape`.
+
+    Args:
+        name: a protocol of PROTOCOLS: "cifar10", "fashion-mnist", "mnist" or "synthetic".
+        shape: the model's (C, H, W), square, with the in-distribution set's channels (any for "synthetic").
+        n: images per set, at least 1 and at most the size of each set.
+        root: where the named sets are. download: fetch a missing named set.
+        own: the run's images (ImageData), for "synthetic" only and needed there.
+    Returns:
+        (x [n, C, H, W] in-distribution, {OOD set name: [n, C, H, W]}): the named sets, then those derived from the
+        in-distribution set (interpolations of pairs from its whole split; for "synthetic" also `synthetic_ood_sets`).
     """
     protocol = _protocol(name)
     shape = _check_shape(name, protocol, shape)
@@ -164,7 +191,15 @@ def reference_images(
 ) -> Tensor:
     """Up to n in-distribution images of protocol `name` from a training split, never the images it scores: what a
     score fitted to the in-distribution set (MultiscaleEnergy) is fitted on. "synthetic" takes the run's own
-    training split as `own`."""
+    training split as `own`.
+
+    Args:
+        name, shape, root, download, own: as `protocol_sets`.
+        n: at most this many images, at least 1.
+        generator: draws them without replacement.
+    Returns:
+        [min(n, size of the split), C, H, W] floats in [-1, 1].
+    """
     protocol = _protocol(name)
     shape = _check_shape(name, protocol, shape)
     _check_n(n)

@@ -41,6 +41,10 @@ def run_images(model: EnergyModel, n: int, generator: torch.Generator) -> tuple[
 
 
 def task_likelihood(model, out, n, generator) -> dict:
+    """`vpfb eval --task likelihood`: the CNF's bits per dimension (`EnergyModel.bits_per_dim`, one Hutchinson probe
+    per image, dequantisation and probes drawn by `generator`) of n held-out uint8 images drawn at random from the
+    run's test split ("train" where the source has no other); writes no picture. Returns {"images": how many,
+    "split", "bits_per_dim": the mean, "standard_error": its standard error over the images}."""
     images, _, split = run_images(model, n, generator)
     bpd, se = model.bits_per_dim(images, generator=generator)
     return {"images": len(images), "split": split, "bits_per_dim": bpd, "standard_error": se}
@@ -67,6 +71,14 @@ def task_ood(
     download: bool = False,
     scores: tuple[str, ...] = OOD_SCORES,
 ) -> dict:
+    """`vpfb eval --task ood`: how well each of `scores` (OOD_SCORES by default; higher = more in-distribution)
+    tells n in-distribution images from n of every OOD set of `protocol` (`protocol_sets`: "synthetic" uses the
+    run's own test split, or "train" where there is no other, and sets made from it; a named protocol brings its
+    own test split and loads from `root`, fetching missing sets when `download`). "boltzmann" is dropped where Φ_B
+    at t = 1 does not depend on the weights, "energy_multiscale" where the run has no held-out split; that score is
+    fitted on max(n, 500) training images (`reference_images`), never on the ones it scores. Writes histograms of
+    the scores to out/ood.png. Returns {"protocol", "in_distribution": the data set, "split", "images": n, "rows":
+    one {"ood", "score", "auroc", "aupr", "fpr95"} per OOD set and score (`table_of`)}."""
     own, split = None, None
     if PROTOCOLS.get(protocol) and PROTOCOLS[protocol].in_distribution is None:
         own, split = run_data(model)
@@ -113,6 +125,11 @@ def task_ood(
 
 
 def task_interpolation(model, out, n, generator) -> dict:
+    """`vpfb eval --task interpolation`: max(n // 8, 1) rows of 8 samples along a slerp in the prior
+    (`interpolate`): the first between two held-out images of the run's test split ("train" where there is no
+    other), inverted by the ODE; the others between fresh noises drawn by `generator`. Writes the rows to
+    out/interpolation.png. Returns {"rows": how many, "first_row": what it shows, "split", "log_density": per row,
+    the 8 samples' log_density at the model's read-out time (the energy along the path)}."""
     from vpfb.plots import save_image_grid
 
     images, x, split = run_images(model, 2 * max(n // 8, 1), generator)
@@ -131,6 +148,10 @@ def task_interpolation(model, out, n, generator) -> dict:
 
 
 def task_composition(model, out, n, generator, labels: tuple[int, int] = (0, 1)) -> dict:
+    """`vpfb eval --task composition` (conditional models): flow samples of four label specifications built from
+    `labels` (a, b): class a, class b, `average`([a, b]) and a not b (`negate`), max(n // 4, 1) per row, each row
+    from the same seed 0 (not `generator`), so that rows differ by their labels alone; no data split is used.
+    Writes the rows to out/composition.png. Returns {"rows": the four names, "samples_per_row"}."""
     from vpfb.plots import save_image_grid
 
     a, b = labels
@@ -142,6 +163,11 @@ def task_composition(model, out, n, generator, labels: tuple[int, int] = (0, 1))
 
 
 def task_longrun(model, out, n, generator, t_end: float = 20.0, step_size: float = 0.02) -> dict:
+    """`vpfb eval --task longrun`: `long_run` of the model's potential Φ from the same n starting states x0 ~ N(0, I)
+    (drawn by `generator`) with each method ("ode", "sgld", "released") up to `t_end` in steps of `step_size`; no
+    data split is used. Writes the diagnostics to out/longrun.png and, per method, the first min(n, 8) chains at
+    every recorded time to out/longrun_<method>.png. Returns {method: {"times", "mean_grad_sq": E‖∇Φ(x, 1)‖²,
+    "mean_phi": EΦ(x, 1)}}, lists over the recorded times."""
     from vpfb.plots import save_image_grid, save_long_run
 
     x0 = torch.randn(n, *model.shape, generator=generator)
@@ -170,7 +196,20 @@ TASKS: dict[str, Callable[..., dict]] = {
 
 
 def evaluate(model: EnergyModel, task: str, out: Path, n: int = 64, seed: int = 0, **options) -> dict:
-    """Run one task on an image model, write out/<task>.json (and its pictures), return the numbers."""
+    """Run one task on an image model, write out/<task>.json (and its pictures), return the numbers.
+
+    Args:
+        model: an image model (shape (C, H, W)); "composition" needs a conditional one.
+        task: one of TASKS: "fid", "likelihood", "ood", "interpolation", "composition", "longrun".
+        out: output folder, created if missing.
+        n: a positive number of images or samples, as each task reads it (task_*).
+        seed: seeds the torch.Generator that the task draws from.
+        options: the task's own keyword arguments (e.g. protocol=, scores= for "ood"; labels= for "composition";
+            t_end=, step_size= for "longrun"; fid's for "fid").
+    Returns:
+        The task's dict of numbers, also written (by rank 0 alone under torchrun: fid runs on every process) to
+        out/<task>.json.
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
     if len(model.shape) != 3:
