@@ -5,8 +5,9 @@ measured on the 1,000 held-out digits of the test split:
 
 - agreement: ψ read at t (log_density) against the model's CNF log-likelihood (Hutchinson, dopri5 1e-3) of the same
   digits: Spearman's rank correlation and the spread (sd) of their difference in bits/dim;
-- normalisation: log Z_t by annealed importance sampling from the prior (where ψ is exact) with its effective
-  sample size, and the held-out digits' bits/dim under the normalised energy beside the CNF's;
+- normalisation: log Z_t by annealed importance sampling from the prior (where ψ is exact) for one or several
+  numbers of steps, with the spread of the log-weights and the effective sample size, and the held-out digits'
+  bits/dim under the normalised energy beside the CNF's (with the agreement stage);
 - consistency: ψ(·, t) against the model's own flow at t (the CNF read back from t) on noised held-out digits and
   on the flow's states, and log Z_t by importance sampling with the flow as the proposal, with its ESS;
 - sampling: the Fréchet distance (features of benchmarks/mnist_classifier.py, against the training digits) of
@@ -81,21 +82,36 @@ def agreement(model: EnergyModel, x: Tensor, times: list[float], probes: int) ->
     return result, cnf
 
 
-def normalised_bits(model: EnergyModel, x: Tensor, cnf: Tensor, t: float, chains: int, steps: int) -> dict:
-    """log Z_t by annealed importance sampling from the prior (EnergyModel.log_partition), and the bits/dim (mean,
-    standard error) of the held-out digits under the normalised energy log_density − log Z_t beside the CNF's, both
-    of the same dequantised digits."""
-    log_z, ess = model.log_partition(t, n=chains, steps=steps, generator=torch.Generator().manual_seed(2))
-    psi = in_batches(lambda c: model.log_density(c, t), x).double()
-    return {
-        "t": t,
-        "log_z": log_z,
-        "ess": ess,
-        "chains": chains,
-        "steps": steps,
-        "energy_bpd": bits_per_dim(psi - log_z, model.dim),
-        "cnf_bpd": bits_per_dim(cnf, model.dim),
-    }
+def partition(model: EnergyModel, t: float, chains: int, steps: list[int], out: Path, x=None, cnf=None) -> list[dict]:
+    """log Z_t by annealed importance sampling from the prior, where ψ(·, 0) is exact (the chains of
+    EnergyModel.log_partition: `langevin` without its predictor), for each number of MALA steps: log mean exp w (the
+    estimate), mean log w (a lower bound), the sd of log w and the effective sample size; the last run's chains,
+    sorted by weight, to out/ais_chains.png. With the agreement's CNF, also the held-out digits' bits/dim under the
+    normalised energy log_density − log Z_t beside the CNF's (both of the same dequantised digits)."""
+    log_z0 = 0.5 * model.dim * math.log(2 * math.pi * float(model.path.sigma(torch.zeros(1))) ** 2)
+    rows = []
+    for n_steps in steps:
+        res = model.langevin(
+            chains, n_steps, t, predictor=False, denoise=False, generator=torch.Generator().manual_seed(2)
+        )
+        w = res.log_weights
+        row = {
+            "t": t,
+            "chains": chains,
+            "steps": n_steps,
+            "log_z": float(torch.logsumexp(w, 0) - math.log(chains)) + log_z0,
+            "mean_log_w": float(w.mean()) + log_z0,
+            "sd_log_w": float(w.std()),
+            "ess": float(torch.exp(2 * torch.logsumexp(w, 0) - torch.logsumexp(2 * w, 0))),
+            "last_acceptance": res.acceptance[-1],
+        }
+        if cnf is not None:
+            psi = in_batches(lambda c: model.log_density(c, t), x).double()
+            row |= {"energy_bpd": bits_per_dim(psi - row["log_z"], model.dim), "cnf_bpd": bits_per_dim(cnf, model.dim)}
+        rows.append(row)
+        log(f"partition {row}")
+    save_image_grid(res.x[w.argsort(descending=True)].clamp(-1, 1), out / "ais_chains.png", columns=chains)
+    return rows
 
 
 def consistency(model: EnergyModel, x: Tensor, t: float, probes: int) -> dict:
@@ -211,7 +227,7 @@ def main() -> None:
     p.add_argument("--consistency-n", type=int, default=64, help="digits and flow states of the consistency stage")
     p.add_argument("--consistency-probes", type=int, default=2, help="Hutchinson probes in each of its two solves")
     p.add_argument("--partition-chains", type=int, default=64)
-    p.add_argument("--partition-steps", type=int, default=1000)
+    p.add_argument("--partition-steps", type=int, nargs="+", default=[1000], help="MALA steps of each AIS run")
     p.add_argument("--chain-steps", type=int, default=5000)
     p.add_argument("--chains", type=int, default=64, help="chains of the long run")
     p.add_argument(
@@ -233,15 +249,13 @@ def main() -> None:
         model, out, row = load(run), args.out / run.name, {}
         out.mkdir(parents=True, exist_ok=True)
         energy = model.config.model.parameterisation == "energy"
+        cnf = None
         if "agreement" not in args.skip:
             row["agreement"], cnf = agreement(model, x, args.times, args.probes)
             torch.save(cnf, out / "cnf_log_likelihood.pt")  # of the digits in order: other read-out t need no solve
             log(f"{run}: agreement {row['agreement']}")
-            if energy and "partition" not in args.skip:
-                row["partition"] = normalised_bits(
-                    model, x, cnf, args.read_out, args.partition_chains, args.partition_steps
-                )
-                log(f"{run}: partition {row['partition']}")
+        if energy and "partition" not in args.skip:
+            row["partition"] = partition(model, args.read_out, args.partition_chains, args.partition_steps, out, x, cnf)
         if energy and "consistency" not in args.skip:
             row["consistency"] = consistency(model, x[: args.consistency_n], args.read_out, args.consistency_probes)
         if "sampling" not in args.skip:
