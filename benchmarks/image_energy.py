@@ -42,7 +42,7 @@ from vpfb.model import EnergyModel, load
 from vpfb.ode import integrate
 from vpfb.plots import save_image_grid
 from vpfb.potentials import value_and_grad, velocity
-from vpfb.sampling import sample_langevin
+from vpfb.sampling import log_mean_exp_and_ess, sample_langevin
 
 
 def log(message: str) -> None:
@@ -89,24 +89,25 @@ def partition(model: EnergyModel, t: float, chains: int, steps: list[int], out: 
     sorted by weight, to out/ais_chains.png. With the agreement's CNF, also the held-out digits' bits/dim under the
     normalised energy log_density − log Z_t beside the CNF's (both of the same dequantised digits)."""
     log_z0 = 0.5 * model.dim * math.log(2 * math.pi * float(model.path.sigma(torch.zeros(1))) ** 2)
+    psi = in_batches(lambda c: model.log_density(c, t), x).double() if cnf is not None else None
     rows = []
     for n_steps in steps:
         res = model.langevin(
             chains, n_steps, t, predictor=False, denoise=False, generator=torch.Generator().manual_seed(2)
         )
         w = res.log_weights
+        log_ratio, ess = log_mean_exp_and_ess(w)
         row = {
             "t": t,
             "chains": chains,
             "steps": n_steps,
-            "log_z": float(torch.logsumexp(w, 0) - math.log(chains)) + log_z0,
+            "log_z": log_ratio + log_z0,
             "mean_log_w": float(w.mean()) + log_z0,
             "sd_log_w": float(w.std()),
-            "ess": float(torch.exp(2 * torch.logsumexp(w, 0) - torch.logsumexp(2 * w, 0))),
+            "ess": ess,
             "last_acceptance": res.acceptance[-1],
         }
-        if cnf is not None:
-            psi = in_batches(lambda c: model.log_density(c, t), x).double()
+        if psi is not None:
             row |= {"energy_bpd": bits_per_dim(psi - row["log_z"], model.dim), "cnf_bpd": bits_per_dim(cnf, model.dim)}
         rows.append(row)
         log(f"partition {row}")
@@ -149,8 +150,7 @@ def consistency(model: EnergyModel, x: Tensor, t: float, probes: int) -> dict:
             "noise_sd_of_the_mean_nats": float((solves[0] - solves[1]).std() / 2),
         }
         if name == "flow_states":
-            row["log_z"] = float(torch.logsumexp(d, 0) - math.log(n))
-            row["ess"] = float(torch.exp(2 * torch.logsumexp(d, 0) - torch.logsumexp(2 * d, 0)))
+            row["log_z"], row["ess"] = log_mean_exp_and_ess(d)
         rows[name] = row
         log(f"consistency {name}: {row}")
     return rows

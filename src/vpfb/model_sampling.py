@@ -13,7 +13,7 @@ from vpfb.energy import boltzmann
 from vpfb.ode import ODESolution, integrate
 from vpfb.parameterisation import EnergyPotential
 from vpfb.potentials import velocity
-from vpfb.sampling import AnnealedResult, LangevinResult, langevin_on_energy, sample_langevin
+from vpfb.sampling import AnnealedResult, LangevinResult, langevin_on_energy, log_mean_exp_and_ess, sample_langevin
 
 
 class Sampling:
@@ -186,10 +186,8 @@ class Sampling:
         res = self.langevin(n, steps, t, predictor=False, denoise=False, generator=generator, labels=labels)
         sigma0 = float(self.path.sigma(self._t(0.0, 1)))
         log_z0 = 0.5 * self.dim * math.log(2 * math.pi * sigma0**2)
-        w = res.log_weights
-        log_z = float(torch.logsumexp(w, 0) - math.log(n)) + log_z0
-        ess = float(torch.exp(2 * torch.logsumexp(w, 0) - torch.logsumexp(2 * w, 0)))
-        return log_z, ess
+        log_ratio, ess = log_mean_exp_and_ess(res.log_weights)
+        return log_ratio + log_z0, ess
 
     def sample_langevin(self, n: int, *args, target: str = "density", **kwargs) -> Tensor:
         """Samples [n, *shape] in user units: of the energy (target="density": `langevin`, its arguments) or of the

@@ -97,6 +97,13 @@ class AnnealedResult:
     log_weights: Tensor | None = None  # [N] annealed importance weights (no transport), log Z_K/Z_0 = log mean exp
 
 
+def log_mean_exp_and_ess(log_w: Tensor) -> tuple[float, float]:
+    """Importance weights w [N] given as log w: log mean w (the estimate of a normaliser ratio) and Kish's effective
+    sample size (Σw)²/Σw², between 1 and N."""
+    total = torch.logsumexp(log_w, 0)
+    return float(total - math.log(len(log_w))), float(torch.exp(2 * total - torch.logsumexp(2 * log_w, 0)))
+
+
 def annealed_langevin(
     log_p: Callable[[Tensor, float], Tensor],
     x0: Tensor,
