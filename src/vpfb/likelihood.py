@@ -75,18 +75,24 @@ def log_likelihood(
     return log_prior + delta
 
 
-def grid_log_normaliser(
-    log_density: Callable[[Tensor], Tensor], low: Tensor, high: Tensor, points: int = 400, batch: int = 20000
-) -> Tensor:
-    """log ∫ exp(log_density) over the 2-D box [low, high] by the midpoint rule on points × points cells."""
+def grid_cells(low: Tensor, high: Tensor, points: int = 400) -> tuple[Tensor, float]:
+    """The midpoints [points², 2] of a points × points grid of cells over the 2-D box [low, high], and log of a
+    cell's area: ∫ exp ℓ ≈ logsumexp(ℓ(midpoints)) + log area (the midpoint rule)."""
     low, high = torch.as_tensor(low, dtype=torch.float64), torch.as_tensor(high, dtype=torch.float64)
     if low.shape != (2,) or high.shape != (2,) or not bool((high > low).all()):
         raise ValueError(f"grid normalisation needs a 2-D box with low < high, got {low} and {high}")
     cell = (high - low) / points
     axes = [low[i] + cell[i] * (torch.arange(points, dtype=torch.float64) + 0.5) for i in range(2)]
-    grid = torch.cartesian_prod(*axes).float()
+    return torch.cartesian_prod(*axes).float(), float(cell.log().sum())
+
+
+def grid_log_normaliser(
+    log_density: Callable[[Tensor], Tensor], low: Tensor, high: Tensor, points: int = 400, batch: int = 20000
+) -> Tensor:
+    """log ∫ exp(log_density) over the 2-D box [low, high] by the midpoint rule on points × points cells."""
+    grid, log_cell = grid_cells(low, high, points)
     values = torch.cat([log_density(chunk).detach().double().cpu() for chunk in grid.split(batch)])
-    return torch.logsumexp(values, 0) + cell.log().sum()
+    return torch.logsumexp(values, 0) + log_cell
 
 
 def grid_box(x: Tensor, pad: float = 0.25) -> tuple[Tensor, Tensor]:
