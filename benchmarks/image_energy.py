@@ -5,6 +5,8 @@ measured on the 1,000 held-out digits of the test split:
 
 - agreement: ψ read at t (log_density) against the model's CNF log-likelihood (Hutchinson, dopri5 1e-3) of the same
   digits: Spearman's rank correlation and the spread (sd) of their difference in bits/dim;
+- off-data: mean ψ at the read-out t on noised held-out digits against noise, blank and grey images (is exp ψ
+  confined to the digits?);
 - normalisation: log Z_t by annealed importance sampling from the prior (where ψ is exact) for one or several
   numbers of steps, with the spread of the log-weights and the effective sample size, and the held-out digits'
   bits/dim under the normalised energy beside the CNF's (with the agreement stage);
@@ -53,15 +55,27 @@ def in_batches(fn, x: Tensor, size: int = 100) -> Tensor:  # the CNF keeps a gra
     return torch.cat([fn(chunk).detach() for chunk in x.split(size)])
 
 
-def agreement(model: EnergyModel, x: Tensor, times: list[float], probes: int) -> tuple[dict, Tensor]:
+def agreement(
+    model: EnergyModel, x: Tensor, times: list[float], probes: int, reference: Tensor | None = None
+) -> tuple[dict, Tensor]:
     """ψ(·, t) against the CNF log-likelihood, the mean of `probes` independent one-probe Hutchinson solves per digit:
     rows {t, spearman, sd_bpd}; the CNF's bits/dim of the digits (mean, standard error); with several probes the
     noise of one probe (sd per digit: median and largest), the spread of log p between digits with that noise
-    removed, and the reliability of the mean (its share of true spread: the ceiling of any correlation with it)."""
+    removed, and the reliability of the mean (its share of true spread: the ceiling of any correlation with it).
+    With a `reference` (log p of the same digits saved by an earlier run), ψ is ranked against it and nothing is
+    solved: a cheap check of variants of one model (fine-tuned ones) against a fixed likelihood."""
     torch.manual_seed(0)  # Hutchinson's probes
-    solves = torch.stack(
-        [in_batches(lambda c: model.log_likelihood(c, hutchinson=1, rtol=1e-3, atol=1e-3), x) for _ in range(probes)]
-    ).double()
+    solves = (
+        reference[None].double()
+        if reference is not None
+        else torch.stack(
+            [
+                in_batches(lambda c: model.log_likelihood(c, hutchinson=1, rtol=1e-3, atol=1e-3), x)
+                for _ in range(probes)
+            ]
+        ).double()
+    )
+    probes = len(solves)
     cnf = solves.mean(0)
     scale = model.dim * math.log(2)
     rows = []
@@ -80,6 +94,25 @@ def agreement(model: EnergyModel, x: Tensor, times: list[float], probes: int) ->
             "reliability": between / (between + float(noise.mean()) / probes),
         }
     return result, cnf
+
+
+def off_data(model: EnergyModel, x: Tensor, t: float) -> dict:
+    """Is exp ψ(·, t) confined to the digits? Mean ψ(·, t) (log_density, data units) on the held-out digits noised
+    as the path noises them at t, y = x + (σ/μ)ε, and on images the data never come near: Gaussian noise of the
+    path's own scale at t (√v/μ, v = μ² + σ²), uniform noise in [-1, 1], and a blank (all −1) or grey (all 0) image
+    with the same (σ/μ)ε. The smoothed data density ρ_t puts thousands of nats less on these than on digits."""
+    s = model.path.at(torch.tensor([t]))
+    noise = float(s.sigma / s.mu)
+    g = torch.Generator().manual_seed(3)
+    eps = lambda: torch.randn(x.shape, generator=g)  # noqa: E731
+    images = {
+        "noised digits": x + noise * eps(),
+        "gaussian noise": float((s.mu**2 + s.sigma**2).sqrt() / s.mu) * eps(),
+        "uniform noise": 2 * torch.rand(x.shape, generator=g) - 1,
+        "blank + noise": -1 + noise * eps(),
+        "grey + noise": noise * eps(),
+    }
+    return {name: float(in_batches(lambda c: model.log_density(c, t), y).mean()) for name, y in images.items()}
 
 
 def partition(model: EnergyModel, t: float, chains: int, steps: list[int], out: Path, x=None, cnf=None) -> list[dict]:
@@ -221,6 +254,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="held-out digits scored")
     p.add_argument("--times", type=float, nargs="*", default=[0.7, 0.8, 0.9, 0.95])
     p.add_argument("--probes", type=int, default=1, help="one-probe CNF solves per digit, averaged (agreement)")
+    p.add_argument(
+        "--reference-cnf", type=Path, help="a saved cnf_log_likelihood.pt of the same --n digits to rank against"
+    )
     p.add_argument("--read-out", type=float, default=0.9, help="t for log Z, MALA and the long chain")
     p.add_argument("--samples", type=int, default=1000, help="samples for the Fréchet distances")
     p.add_argument("--langevin-steps", type=int, default=250)
@@ -231,7 +267,10 @@ def main() -> None:
     p.add_argument("--chain-steps", type=int, default=5000)
     p.add_argument("--chains", type=int, default=64, help="chains of the long run")
     p.add_argument(
-        "--skip", nargs="*", default=[], choices=["agreement", "partition", "consistency", "sampling", "chain", "ood"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["agreement", "offdata", "partition", "consistency", "sampling", "chain", "ood"],
     )
     p.add_argument("--ood-n", type=int, default=100, help="held-out digits and images of each OOD set")
     p.add_argument("--ood-sets", nargs="*", default=list(NEAR), help="OOD sets scored (the CNF is slow on far ones)")
@@ -251,9 +290,14 @@ def main() -> None:
         energy = model.config.model.parameterisation == "energy"
         cnf = None
         if "agreement" not in args.skip:
-            row["agreement"], cnf = agreement(model, x, args.times, args.probes)
+            reference = torch.load(args.reference_cnf, weights_only=True) if args.reference_cnf else None
+            row["agreement"], cnf = agreement(model, x, args.times, args.probes, reference)
+            row["agreement"]["reference_cnf"] = str(args.reference_cnf) if reference is not None else None
             torch.save(cnf, out / "cnf_log_likelihood.pt")  # of the digits in order: other read-out t need no solve
             log(f"{run}: agreement {row['agreement']}")
+        if energy and "offdata" not in args.skip:
+            row["off_data"] = off_data(model, x[:50], args.read_out)
+            log(f"{run}: mean ψ at t = {args.read_out} {row['off_data']}")
         if energy and "partition" not in args.skip:
             row["partition"] = partition(model, args.read_out, args.partition_chains, args.partition_steps, out, x, cnf)
         if energy and "consistency" not in args.skip:
