@@ -57,6 +57,7 @@ from vpfb.training import train
 PEERS = ("em", "em-flow", "eqm", "dsm")
 METHODS = ("fm", "vpfb", *PEERS)
 TEMPERATURES = torch.logspace(-2, 2, 161, dtype=torch.float64)
+GRID = 400  # cells per side of the normalising grid
 
 
 class Energy(BaseModel):
@@ -181,21 +182,21 @@ def fitted_temperature(log_p_train, log_p_grid, log_cell: float) -> float:
     return float(min(TEMPERATURES, key=lambda t: grid_nll(log_p_train, log_p_grid, log_cell, float(t))))
 
 
-def mode_masses(truth: torch.Tensor, log_p: torch.Tensor, level: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masses of the true modes (the connected regions of the 400 × 400 grid where the true density exceeds `level`
-    times its peak; scipy.ndimage.label) and, last, of the rest of the box, under the truth and under exp ℓ
-    normalised on the grid (T = 1): where a density puts its mass, apart from how sharp it is."""
+def true_modes(truth: torch.Tensor, level: float = 0.05) -> torch.Tensor:
+    """Each grid cell's region [GRID²]: the true modes, 0..K−1 (the connected regions where the true density exceeds
+    `level` times its peak; scipy.ndimage.label), and K for the rest of the box."""
     from scipy.ndimage import label
 
-    regions, count = label((truth - truth.max() > math.log(level)).reshape(400, 400).numpy())
-    regions = torch.from_numpy(regions).flatten().long()
-    regions[regions == 0] = count + 1  # the rest of the box, last
-    per_region = (
-        lambda lp: torch.zeros(count + 2, dtype=torch.float64).index_add_(  # noqa: E731
-            0, regions, torch.softmax(lp.double(), 0)
-        )[1:]
-    )
-    return per_region(truth), per_region(log_p)
+    regions, count = label((truth - truth.max() > math.log(level)).reshape(GRID, GRID).numpy())
+    regions = torch.from_numpy(regions).flatten().long() - 1
+    regions[regions < 0] = count
+    return regions
+
+
+def region_masses(regions: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """The mass of each region under exp ℓ normalised on the grid (T = 1): where a density puts its mass, apart from
+    how sharp it is."""
+    return torch.zeros(int(regions.max()) + 1, dtype=torch.float64).index_add_(0, regions, torch.softmax(log_p, 0))
 
 
 def main() -> None:
@@ -226,9 +227,11 @@ def main() -> None:
         test_x, fresh_x = sample_toy(name, 2000, seed=1), sample_toy(name, 2000, seed=2)
         st = Standardizer.fit(train_x)
         low, high = grid_box(train_x)
-        grid, log_cell = grid_cells(low, high)
+        grid, log_cell = grid_cells(low, high, GRID)
         true_nll = float(-toy_log_density(name, test_x).double().mean())
         pictures[name] = {"truth": toy_log_density(name, grid)}
+        regions = true_modes(pictures[name]["truth"])
+        true_masses = region_masses(regions, pictures[name]["truth"].double())
         for method in args.methods:
             torch.manual_seed(args.seed)
             net, loss_fn, peer = build(method, cfg)
@@ -257,11 +260,12 @@ def main() -> None:
             if method != "fm":
                 values = torch.cat([log_p(c) for c in grid.split(20_000)])
                 temperature = fitted_temperature(log_p(train_x[:5000]), values, log_cell)
-                nll_fitted = grid_nll(log_p(test_x), values, log_cell, temperature)
-                row = {"nll1": f"{grid_nll(log_p(test_x), values, log_cell):.3f}", "nll": f"{nll_fitted:.3f}"}
+                log_p_test = log_p(test_x)
+                nll_fitted = grid_nll(log_p_test, values, log_cell, temperature)
+                row = {"nll1": f"{grid_nll(log_p_test, values, log_cell):.3f}", "nll": f"{nll_fitted:.3f}"}
                 row["t"] = f" ({temperature:.2f})"
                 pictures[name][method] = values / temperature
-                masses.append((name, method, *mode_masses(pictures[name]["truth"], values)))
+                masses.append((name, method, true_masses, region_masses(regions, values)))
             ratio = (budget / steps) / times["fm"] if method == "em" else times[method] / times["fm"]
             print(
                 f"| {name} | {method} | {steps} | {ratio:.2f} | {row['nll1']} | {row['nll']}{row['t']} | "
@@ -296,7 +300,7 @@ def save_picture(pictures: dict, path: Path) -> None:
             ax = axes[r, c]
             ax.set_xticks([]), ax.set_yticks([])
             if column in row:
-                density = (row[column] - row[column].max()).exp().reshape(400, 400).T
+                density = (row[column] - row[column].max()).exp().reshape(GRID, GRID).T
                 ax.imshow(density.numpy(), origin="lower", cmap="viridis")
             if r == 0:
                 ax.set_title(column)

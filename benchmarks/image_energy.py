@@ -64,17 +64,16 @@ def agreement(
     removed, and the reliability of the mean (its share of true spread: the ceiling of any correlation with it).
     With a `reference` (log p of the same digits saved by an earlier run), ψ is ranked against it and nothing is
     solved: a cheap check of variants of one model (fine-tuned ones) against a fixed likelihood."""
-    torch.manual_seed(0)  # Hutchinson's probes
-    solves = (
-        reference[None].double()
-        if reference is not None
-        else torch.stack(
-            [
-                in_batches(lambda c: model.log_likelihood(c, hutchinson=1, rtol=1e-3, atol=1e-3), x)
-                for _ in range(probes)
-            ]
-        ).double()
-    )
+    if reference is not None:
+        if reference.shape != (len(x),):
+            raise ValueError(
+                f"the reference holds {tuple(reference.shape)} log-likelihoods, not one per digit ({len(x)})"
+            )
+        solves = reference[None].double()
+    else:
+        torch.manual_seed(0)  # Hutchinson's probes
+        solve = lambda c: model.log_likelihood(c, hutchinson=1, rtol=1e-3, atol=1e-3)  # noqa: E731
+        solves = torch.stack([in_batches(solve, x) for _ in range(probes)]).double()
     probes = len(solves)
     cnf = solves.mean(0)
     scale = model.dim * math.log(2)
